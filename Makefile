@@ -1,0 +1,42 @@
+# deqir: `make demo` runs the main job on embedded default data, `make test` runs the tests.
+# Both create .venv on first use (torch 2.13.0 CPU from the local wheel, then the package).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.deqir-installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint bench bench-quick venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[data,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deqir demo --out out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+# Optional comparison packages (astra-toolbox pulls ~380 MB of CUDA runtime wheels; CPU use only).
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[data,dev,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/deqir bench operators --json results/operators.json
+
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/deqir bench operators --quick --json out/operators-quick.json
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Exact, block-structured measurement operators (no learning here).
+
+Names load lazily, so ``import deqir.physics`` stays cheap.
+
+Example:
+    >>> import torch
+    >>> from deqir.physics import ParallelBeamCT
+    >>> ct = ParallelBeamCT(64, num_angles=90)
+    >>> y = ct.A(torch.rand(1, 1, 64, 64))
+    >>> tuple(y.shape)
+    (1, 1, 90, 91)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LinearOperator": "base",
+    "SelectedBlocks": "base",
+    "ComposedOperator": "base",
+    "BlockSampler": "sampling",
+    "GaussianNoise": "noise",
+    "Blur": "blur",
+    "SuperResolution": "blur",
+    "blur_kernel": "blur",
+    "ParallelBeamCT": "ct",
+    "SingleCoilMRI": "mri",
+    "MultiCoilMRI": "mri",
+    "cartesian_mask": "masks",
+    "radial_mask": "masks",
+    "coil_sensitivities": "mri",
+    "OPERATORS": "registry",
+    "build_operator": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"deqir.physics.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'deqir.physics' has no attribute '{name}'")
