@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[data,dev]"
+	# Packages that only ship offline data or pretrained weights: their heavy
+	# dependencies (jax, scikit-learn, pandas...) are not needed by deqir.
+	-$(BIN)/python -m pip install -q --no-deps nilearn sporco mahotas scico
 	touch $(STAMP)
 
 demo: $(STAMP)
