@@ -168,6 +168,7 @@ class LinearOperator(torch.nn.Module):
         """
         b = self.as_blocks(blocks)
         self.check_measurement(y, None)
+        self.check_finite(y)
         residual = self.A(x, b) - self.restrict(y, b)
         grad = self.A_adjoint(residual, b)
         scale = self.minibatch_scale(b)
@@ -177,6 +178,7 @@ class LinearOperator(torch.nn.Module):
         """``1/2 ||A x - y||^2`` per batch element (scaled by b/w for a minibatch)."""
         b = self.as_blocks(blocks)
         self.check_measurement(y, None)
+        self.check_finite(y)
         r = self.A(x, b) - self.restrict(y, b)
         r = torch.view_as_real(r) if r.is_complex() else r
         return 0.5 * self.minibatch_scale(b) * r.flatten(1).pow(2).sum(1)
@@ -189,16 +191,18 @@ class LinearOperator(torch.nn.Module):
             dtype = _complex_of(dtype)
         return torch.randn(shape, dtype=dtype, device=device, generator=generator)
 
-    def random_measurement(self, batch: int = 1, blocks: Blocks = None, dtype=torch.float32,
-                           device=None, generator=None):
+    def random_measurement(
+        self, batch: int = 1, blocks: Blocks = None, dtype=torch.float32, device=None, generator=None
+    ):
         """A standard normal measurement of the operator's shape restricted to ``blocks``."""
         shape = (batch, *self.measurement_shape(self.as_blocks(blocks)))
         if self.complex_measurements:
             dtype = _complex_of(dtype)
         return torch.randn(shape, dtype=dtype, device=device, generator=generator)
 
-    def adjointness_error(self, batch: int = 2, dtype=torch.float64, seed: int = 0,
-                          blocks: Blocks = None) -> float:
+    def adjointness_error(
+        self, batch: int = 2, dtype=torch.float64, seed: int = 0, blocks: Blocks = None
+    ) -> float:
         """Relative error ``|<A x, y> - <x, A^T y>| / (||A x|| ||y||)`` for random x, y."""
         gen = torch.Generator().manual_seed(seed)
         device = _device_of(self)
@@ -210,8 +214,7 @@ class LinearOperator(torch.nn.Module):
             scale = ax.abs().pow(2).sum().sqrt() * y.abs().pow(2).sum().sqrt()
         return float((lhs - rhs).abs() / scale.clamp_min(1e-30))
 
-    def norm(self, iterations: int = 100, tol: float = 1e-6, seed: int = 0,
-             dtype=torch.float64) -> float:
+    def norm(self, iterations: int = 100, tol: float = 1e-6, seed: int = 0, dtype=torch.float64) -> float:
         """Spectral norm ``||A||_2`` by the power method on ``A^T A`` (float64 by default).
 
         The Lipschitz constant of ``data_grad`` is ``norm() ** 2``.
@@ -246,7 +249,8 @@ class LinearOperator(torch.nn.Module):
         if int(b.min()) < 0 or int(b.max()) >= self.num_blocks:
             raise InvalidValueError(
                 f"block indices must lie in [0, {self.num_blocks}); got min {int(b.min())}, "
-                f"max {int(b.max())} for {type(self).__name__} with {self.num_blocks} blocks")
+                f"max {int(b.max())} for {type(self).__name__} with {self.num_blocks} blocks"
+            )
         b = torch.unique(b)  # sorted
         return None if b.numel() == self.num_blocks else b
 
@@ -256,7 +260,8 @@ class LinearOperator(torch.nn.Module):
         if x.is_complex() and not self.complex_image:
             raise DTypeError(
                 f"{type(self).__name__} takes real images; got complex x. Pass x.real or x.abs(), "
-                "or build the operator with complex images")
+                "or build the operator with complex images"
+            )
 
     def check_measurement(self, y: torch.Tensor, blocks: torch.Tensor | None) -> None:
         """Raise unless ``y`` is a batch of measurements restricted to ``blocks``."""
@@ -265,10 +270,21 @@ class LinearOperator(torch.nn.Module):
             raise DTypeError(f"{type(self).__name__} has real measurements; got complex y")
 
     def check_finite(self, y: torch.Tensor, name: str = "measurement y") -> None:
-        """Raise :class:`InvalidValueError` if ``y`` holds NaN or infinite values."""
+        """Raise :class:`InvalidValueError` if ``y`` holds NaN or infinite values.
+
+        The verdict is cached per tensor and version, so a solver calling ``data_grad`` with the
+        same measurement at every iteration pays for the check once.
+        """
+        key = (id(y), y._version, y.data_ptr())
+        if getattr(self, "_finite_checked", None) == key:
+            return
         if not torch.isfinite(y).all():
             bad = int((~torch.isfinite(y)).sum())
-            raise InvalidValueError(f"{name} contains {bad} NaN or infinite values; clean the data first")
+            raise InvalidValueError(
+                f"{type(self).__name__}: {name} contains {bad} NaN or infinite values; "
+                "remove or interpolate them before reconstructing"
+            )
+        self._finite_checked = key
 
     # ----------------------------------------------------------------- composition
     def __matmul__(self, other: LinearOperator) -> ComposedOperator:
@@ -339,7 +355,8 @@ class ComposedOperator(LinearOperator):
             raise ShapeError(
                 f"cannot compose: {type(inner).__name__} gives measurements of shape "
                 f"{tuple(inner.measurement_shape())} but {type(outer).__name__} takes images of "
-                f"shape {tuple(outer.image_shape)}")
+                f"shape {tuple(outer.image_shape)}"
+            )
         self.outer, self.inner = outer, inner
         self.num_blocks = outer.num_blocks
         self.block_dim = outer.block_dim
@@ -387,7 +404,7 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 def _check_tensor(t: Any, name: str, expected: tuple[int, ...], owner: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise DTypeError(f"{owner}: {name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dim() != len(expected) or any(e not in (-1, s) for e, s in zip(expected, t.shape)):
+    if t.dim() != len(expected) or any(e not in (-1, s) for e, s in zip(expected, t.shape, strict=True)):
         want = "(batch, " + ", ".join(str(e) for e in expected[1:]) + ")"
         hint = ""
         if t.dim() == len(expected) - 1:

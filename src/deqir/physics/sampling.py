@@ -41,22 +41,29 @@ class BlockSampler:
         generator: a ``torch.Generator`` to draw from.
     """
 
-    def __init__(self, num_blocks: int, batch_size: int, strategy: str = "uniform",
-                 groups: int | None = None, seed: int = 0,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        num_blocks: int,
+        batch_size: int,
+        strategy: str = "uniform",
+        groups: int | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+    ):
         if strategy not in STRATEGIES:
             raise InvalidValueError(unknown_name_message("sampling strategy", strategy, STRATEGIES))
         if not 1 <= int(batch_size) <= int(num_blocks):
             raise InvalidValueError(
-                f"minibatch size must be between 1 and the number of blocks ({num_blocks}); "
-                f"got {batch_size}")
+                f"minibatch size must be between 1 and the number of blocks ({num_blocks}); got {batch_size}"
+            )
         self.num_blocks, self.batch_size, self.strategy = int(num_blocks), int(batch_size), strategy
         if strategy == "stratified":
             groups = _default_groups(self.num_blocks, self.batch_size) if groups is None else int(groups)
             if groups < 1 or self.num_blocks % groups or self.batch_size % groups:
                 raise InvalidValueError(
                     f"stratified sampling needs a number of groups dividing both b = {num_blocks} "
-                    f"and w = {batch_size}; got groups = {groups}")
+                    f"and w = {batch_size}; got groups = {groups}"
+                )
         self.groups = groups
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
 
