@@ -1,0 +1,324 @@
+"""Weights and training checkpoints, written atomically and loaded without unpickling code.
+
+Two formats:
+
+* **weights** (what is shared): a safetensors file plus a JSON sidecar ``<name>.json`` holding
+  the configuration, the metrics, the code version and the SHA-256 of the weights file.
+  :func:`load_weights` checks the digest (a tampered or truncated file is refused) and the
+  parameter names and shapes against the model (a wrong architecture is refused, naming the
+  first differences).
+* **training checkpoints** (what resumes a run): model, optimiser, scheduler, step, best metric
+  and random-number states, written with ``torch.save`` and read back only with
+  ``torch.load(weights_only=True)``. The state is serialised, hashed, and stored as a byte
+  tensor next to its digest in one file, so a single ``os.replace`` publishes it atomically and
+  :func:`load_checkpoint` detects any change to it.
+
+Every problem raises :class:`~deqir.errors.CheckpointError` naming the file and what to do.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> from deqir.train.checkpoint import save_weights, load_weights
+    >>> net = torch.nn.Linear(3, 2)
+    >>> path = save_weights(net, pathlib.Path(tempfile.mkdtemp()) / "net.safetensors",
+    ...                     metrics={"psnr": 30.0})
+    >>> sorted(load_weights(path))
+    ['bias', 'weight']
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deqir.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "deqir-checkpoint"
+WEIGHTS_FORMAT = "deqir-weights"
+FORMAT_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The deqir version, git commit and torch version (cached for the process).
+
+    Example:
+        >>> sorted(code_version())
+        ['deqir', 'git_commit', 'python', 'torch']
+    """
+    import platform
+
+    import deqir
+    from deqir.bench.common import git_commit
+
+    return {
+        "deqir": deqir.__version__,
+        "git_commit": git_commit(),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar of a weights file: ``net.safetensors`` -> ``net.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _state_of(obj: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+# --------------------------------------------------------------------- weights
+def save_weights(
+    model: nn.Module | dict[str, torch.Tensor],
+    path: str | Path,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a model's ``state_dict`` as safetensors plus a JSON sidecar (both atomically).
+
+    Args:
+        model: a module or a ``state_dict``.
+        path: the ``.safetensors`` file to write.
+        config: the configuration (plain dictionary) the model was trained with.
+        metrics: numbers to keep with the weights (e.g. validation PSNR).
+        extra: any other JSON-serialisable facts.
+
+    Returns:
+        The path of the weights file.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"weights file {path} must end in .safetensors")
+    tensors = _state_of(model)
+    blob = save(tensors, metadata={"format": WEIGHTS_FORMAT})
+    _atomic_write_bytes(path, lambda f: f.write(blob))
+    sidecar = {
+        "format": WEIGHTS_FORMAT,
+        "version": FORMAT_VERSION,
+        "file": path.name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
+        "config": config,
+        "metrics": metrics or {},
+        "code": code_version(),
+        **(extra or {}),
+    }
+    text = json.dumps(sidecar, indent=2, default=str) + "\n"
+    _atomic_write_bytes(sidecar_path(path), lambda f: f.write(text.encode()))
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The JSON sidecar of a weights file, or ``None`` when there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"sidecar {side} of {path} is not valid JSON ({err}); restore it from "
+            "the run that wrote the weights, or delete it to skip the checks"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{side} is not a deqir weights sidecar; delete it or restore the original")
+    return data
+
+
+def load_weights(
+    path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu", strict: bool = True
+) -> dict[str, torch.Tensor] | nn.Module:
+    """Load safetensors weights, checking the sidecar digest and the model's architecture.
+
+    Args:
+        path: a ``.safetensors`` file (its ``.json`` sidecar is checked when present).
+        model: if given, the weights are loaded into it (names and shapes checked) and it is
+            returned; otherwise the ``state_dict`` is returned.
+        device: where the tensors go when no model is given.
+        strict: with a model, refuse missing or unexpected parameters.
+
+    Raises:
+        CheckpointError: missing, tampered, truncated or mismatched file.
+    """
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"weights file {path} not found; check the path (a run keeps its "
+            "weights in RUN/weights/best.safetensors and final.safetensors)"
+        )
+    side = read_sidecar(path)
+    blob = path.read_bytes()
+    if side is None:
+        warnings.warn(f"{path} has no JSON sidecar: its integrity and origin are not checked", stacklevel=2)
+    elif side.get("sha256") != hashlib.sha256(blob).hexdigest():
+        raise CheckpointError(
+            f"weights file {path} does not match the SHA-256 in its sidecar {sidecar_path(path).name}: "
+            "it was modified, truncated or only partly written. Re-copy it from its source or "
+            "retrain; do not use it as is"
+        )
+    try:
+        state = load(blob)
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"weights file {path} is not a valid safetensors file ({err}); it is "
+            "truncated or corrupt: re-copy it from its source or retrain"
+        ) from None
+    if model is None:
+        return {k: v.to(device) for k, v in state.items()}
+    load_state_checked(model, state, path, strict=strict)
+    return model
+
+
+def load_state_checked(
+    module: nn.Module, state: dict[str, Any], path: str | Path, strict: bool = True, what: str = "model"
+) -> None:
+    """``module.load_state_dict(state)`` that explains a mismatch with a :class:`CheckpointError`."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if wrong:
+        problems.append(
+            "shape mismatch for "
+            + ", ".join(f"{k} (file {a}, model {b})" for k, a, b in wrong[:3])
+            + (" ..." if len(wrong) > 3 else "")
+        )
+    if strict and missing:
+        problems.append(
+            f"{len(missing)} missing ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})"
+        )
+    if strict and unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
+            f"{' ...' if len(unexpected) > 3 else ''})"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit this {what} ({type(module).__name__}): {'; '.join(problems)}. "
+            "It was written for another architecture: use the configuration it was trained with "
+            "(its sidecar or the run's config.yaml)"
+        )
+    try:
+        module.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be loaded into this {what}: {err}") from None
+
+
+# --------------------------------------------------------------------- checkpoints
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+    return f"{type(err).__name__}: {detail}"[:300]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training checkpoint atomically (serialise, hash, temporary file, ``os.replace``).
+
+    ``state`` must hold only tensors and plain Python types: it is read back with
+    ``weights_only=True``, and checked to be readable so before it is written.
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    try:
+        torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TypeError(
+            "a training checkpoint may hold only tensors and plain Python types "
+            f"(it is loaded with weights_only=True): {_first_line(err)}"
+        ) from None
+    outer = {
+        "format": CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    _atomic_write_bytes(path, lambda f: torch.save(outer, f))
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (CPU tensors) with ``torch.load(weights_only=True)`` only.
+
+    Raises:
+        CheckpointError: missing, truncated, tampered or not a deqir checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} not found; a run writes RUN/checkpoint.pt every "
+            "train.checkpoint_every steps: check the run folder"
+        )
+    advice = "it is truncated or corrupt: resume from another copy or start the run again"
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and weights-only errors
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(err)}); {advice}") from None
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a deqir training checkpoint; pass a file written by "
+            "deqir's trainer (RUN/checkpoint.pt)"
+        )
+    if outer.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {outer.get('version')}; this "
+            f"deqir reads version {FORMAT_VERSION}: use the deqir that wrote it"
+        )
+    payload = outer.get("payload")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+        raise CheckpointError(f"checkpoint {path} has no payload; {advice}")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} does not match its SHA-256: it was modified; "
+            "do not resume from it (restore a copy or start the run again)"
+        )
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} holds data that cannot be loaded safely ({_first_line(err)}); {advice}"
+        ) from None

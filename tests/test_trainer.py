@@ -1,0 +1,442 @@
+"""The training loop: learning, run folder, exact resume after SIGKILL, rollbacks, early stopping,
+reconstruction tasks, reports and the command line. Everything runs on synthetic images."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from deqir.errors import CheckpointError, ConfigError, ConvergenceError
+from deqir.physics.base import LinearOperator
+from deqir.train import seeding
+from deqir.train.checkpoint import load_checkpoint, load_weights, read_sidecar
+from deqir.train.config import TrainSection, config_from_dict
+from deqir.train.report import evaluate_run
+from deqir.train.sources import ImageBank, load_source, synthetic_images
+from deqir.train.tasks import DenoisingTask, ReconstructionTask
+from deqir.train.trainer import Trainer, lr_schedule, train_from_config
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: on a busy 2-core host, OpenMP's spinning threads make them 10-20x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(tmp_path, **over):
+    """A configuration that trains in well under a second per 50 steps."""
+    raw = {
+        "experiment": {"name": "tiny", "seed": 3, "output_dir": str(tmp_path)},
+        "data": {
+            "image_size": 16,
+            "patch_size": 12,
+            "num_train": 8,
+            "num_val": 4,
+            "num_test": 4,
+            "batch_size": 4,
+        },
+        "physics": {"noise_sigma": 0.1},
+        "model": {"options": {"depth": 3, "width": 8}},
+        "train": {
+            "steps": 30,
+            "lr": 3e-3,
+            "val_every": 10,
+            "log_every": 5,
+            "checkpoint_every": 10,
+            "progress": False,
+            "warmup_steps": 2,
+        },
+        "eval": {"num_figures": 2},
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def final_weights(run):
+    return load_weights(Path(run) / "weights" / "final.safetensors")
+
+
+# ----------------------------------------------------------------------------- basics
+def test_lr_schedules():
+    cos = TrainSection(steps=100, schedule="cosine", warmup_steps=10, min_lr_factor=0.1)
+    assert lr_schedule(0, cos) == pytest.approx(1 / 11) and lr_schedule(10, cos) == 1.0
+    assert lr_schedule(55, cos) == pytest.approx(0.55) and lr_schedule(100, cos) == pytest.approx(0.1)
+    step = TrainSection(schedule="step", step_size=10, gamma=0.5)
+    assert [lr_schedule(s, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert lr_schedule(1234, TrainSection(schedule="constant")) == 1.0
+
+
+def test_seeded_samples_do_not_depend_on_the_shard():
+    bank = ImageBank(synthetic_images(5, 16, seed=1))
+    full = bank.training_batch(seed=0, step=4, indices=range(4), size=8, augment=True)
+    half = bank.training_batch(seed=0, step=4, indices=range(2, 4), size=8, augment=True)
+    assert torch.equal(full[2:], half)
+    task = DenoisingTask(sigma_range=(0.0, 0.3))
+    a = task.simulate(full, seed=0, step=4, indices=range(4))
+    b = task.simulate(full[2:], seed=0, step=4, indices=range(2, 4))
+    assert torch.equal(a.init[2:], b.init) and torch.equal(a.sigma[2:], b.sigma)
+    c = task.simulate(full, seed=0, step=5, indices=range(4))
+    assert not torch.equal(a.init, c.init)
+    assert bool((a.sigma >= 0).all() and (a.sigma <= 0.3).all())
+
+
+def test_training_learns_and_writes_the_run_folder(tmp_path):
+    run = train_from_config(tiny(tmp_path, train__steps=60), device="cpu")
+    assert run == tmp_path / "tiny"
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "log.jsonl", "checkpoint.pt", "metrics.json", "weights"} <= names
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 3 and info["deqir"] and info["torch"] == torch.__version__
+    assert "git_commit" in info and info["status"] == "finished" and info["device"] == "cpu"
+    metrics = json.loads((run / "metrics.json").read_text())
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    vals = [r["val_psnr"] for r in log if "val_psnr" in r]
+    assert len(vals) == 6 and metrics["best_val_psnr"] == max(vals)
+    assert metrics["final_val_psnr"] > 21.5  # the noisy input is at 20 dB
+    side = read_sidecar(run / "weights" / "best.safetensors")
+    assert side["config"]["experiment"]["seed"] == 3 and side["metrics"]["val_psnr"] == max(vals)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 60
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_from_config(tiny(tmp_path), device="cpu")
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = train_from_config(tiny(tmp_path, train__steps=6), run_dir=tmp_path / "a", device="cpu")
+    b = train_from_config(tiny(tmp_path, train__steps=6), run_dir=tmp_path / "b", device="cpu")
+    c = train_from_config(tiny(tmp_path, train__steps=6, experiment__seed=4), run_dir=tmp_path / "c")
+    wa, wb, wc = final_weights(a), final_weights(b), final_weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+# ----------------------------------------------------------------------------- resume
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """Kill a training process after it wrote a checkpoint, resume, compare with a clean run."""
+    raw = tiny(
+        tmp_path,
+        train__steps=150,
+        train__checkpoint_every=10,
+        train__val_every=50,
+        train__grad_clip=0.5,
+        physics__noise_sigma=None,
+        physics__noise_sigma_range=[0.05, 0.2],
+        model__options={"depth": 3, "width": 8, "spectral_norm": True, "noise_level_input": True},
+    )
+    cfg_path = tmp_path / "cfg.json"  # JSON is YAML
+    cfg_path.write_text(json.dumps(raw))
+    threads = torch.get_num_threads()
+    killed_dir = tmp_path / "killed"
+    code = (
+        "import torch, sys; torch.set_num_threads(int(sys.argv[1])); "
+        "from deqir.train import train_from_config; "
+        "train_from_config(sys.argv[2], device='cpu', run_dir=sys.argv[3])"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(threads), str(cfg_path), str(killed_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    log = killed_dir / "log.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = log.read_text().splitlines() if log.exists() else []
+            if any(json.loads(x).get("step", 0) >= 25 for x in lines if x.strip()):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed_dir / "metrics.json").exists()
+    step = load_checkpoint(killed_dir / "checkpoint.pt")["step"]
+    assert 10 <= step < 150
+
+    train_from_config(cfg_path, resume=True, device="cpu", run_dir=killed_dir)
+    reference = train_from_config(cfg_path, device="cpu", run_dir=tmp_path / "reference")
+    resumed, clean = final_weights(killed_dir), final_weights(reference)
+    assert set(resumed) == set(clean)
+    for k in clean:  # bitwise in practice; 1e-6 allowed for library-level nondeterminism
+        torch.testing.assert_close(resumed[k], clean[k], rtol=0, atol=1e-6, msg=k)
+    m1 = json.loads((killed_dir / "metrics.json").read_text())
+    m2 = json.loads((reference / "metrics.json").read_text())
+    assert m1["best_val_psnr"] == pytest.approx(m2["best_val_psnr"], abs=1e-5)
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if "loss" in x]
+    assert steps == sorted(set(steps))  # records after the checkpoint were not duplicated
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_from_config(tiny(tmp_path), resume=True, device="cpu")
+    run = train_from_config(tiny(tmp_path, train__steps=5), device="cpu")
+    with pytest.raises(ConfigError, match=r"model.options.width changed"):
+        train_from_config(tiny(tmp_path, model__options={"depth": 3, "width": 16}), resume=True)
+    # more steps may be asked for on resume
+    train_from_config(tiny(tmp_path, train__steps=8), resume=True, device="cpu")
+    assert json.loads((run / "metrics.json").read_text())["step"] == 8
+    # a checkpoint of another architecture is refused with advice
+    cfg = config_from_dict(tiny(tmp_path, model__options={"depth": 3, "width": 16}))
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        Trainer(cfg, run).load_state_dict(load_checkpoint(run / "checkpoint.pt"), run / "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- divergence
+class Flaky(nn.Module):
+    """A small CNN whose output turns NaN on the training calls listed in ``bad_calls``."""
+
+    def __init__(self, bad_calls=()):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def forward(self, x):
+        out = x + self.conv(x)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.bad_calls or "all" in self.bad_calls and self.calls > 3:
+                out = out * float("nan")
+        return out
+
+
+def test_nan_rolls_back_lowers_lr_and_continues(tmp_path):
+    cfg = config_from_dict(
+        tiny(
+            tmp_path,
+            train__steps=12,
+            train__checkpoint_every=5,
+            train__rollback_lr_factor=0.25,
+            train__schedule="constant",
+            train__warmup_steps=0,
+        )
+    )
+    trainer = Trainer(cfg, tmp_path / "run", model=Flaky(bad_calls={8}))
+    metrics = trainer.fit()
+    assert metrics["rollbacks"] == 1 and metrics["step"] == 12
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.25)
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    event = next(r for r in log if r.get("event") == "rollback")
+    assert event["step"] == 5 and "loss is nan" in event["reason"]
+    assert torch.isfinite(torch.cat([p.flatten() for p in trainer.model.parameters()])).all()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["lr_scale"] == 0.25
+
+
+def test_gives_up_after_max_rollbacks(tmp_path):
+    cfg = config_from_dict(tiny(tmp_path, train__max_rollbacks=2))
+    with pytest.raises(ConvergenceError, match=r"diverged at step \d+ \(loss is nan\) after 2 rollbacks"):
+        Trainer(cfg, tmp_path / "run", model=Flaky(bad_calls={"all"})).fit()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_exploding_loss_threshold(tmp_path):
+    cfg = config_from_dict(tiny(tmp_path, train__max_loss=1e-9, train__max_rollbacks=1))
+    with pytest.raises(ConvergenceError, match="exceeds train.max_loss"):
+        train_from_config(cfg, device="cpu")
+
+
+def test_early_stopping(tmp_path):
+    run = train_from_config(
+        tiny(tmp_path, train__steps=100, train__val_every=5, train__patience=2, train__min_delta=100.0),
+        device="cpu",
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_early"] and metrics["step"] == 15
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 15
+
+
+# ----------------------------------------------------------------------------- tasks
+class Decimate(LinearOperator):
+    """Keep every other pixel in each axis (a toy operator with a 4x smaller measurement)."""
+
+    image_shape = (1, 16, 16)
+
+    def _forward(self, x, blocks):
+        return x[..., ::2, ::2]
+
+    def _adjoint(self, y, blocks):
+        x = y.new_zeros((*y.shape[:-2], 16, 16))
+        x[..., ::2, ::2] = y
+        return x
+
+    def measurement_shape(self, blocks=None):
+        return (1, 8, 8)
+
+
+class GradientSteps(nn.Module):
+    """K learned gradient steps ``x <- x - eta A^T(Ax - y) + cnn(x)``: takes (y, physics, init)."""
+
+    def __init__(self):
+        super().__init__()
+        self.eta = nn.Parameter(torch.tensor(0.5))
+        self.cnn = nn.Conv2d(1, 1, 3, padding=1)
+        self.seen = None
+
+    def iterates(self, y, physics, init):
+        xs = [init]
+        for _ in range(4):
+            x = xs[-1]
+            xs.append(x - self.eta * physics.data_grad(x, y) + 0.1 * self.cnn(x))
+        return xs
+
+    def forward(self, y, physics, init):
+        self.seen = (tuple(y.shape), type(physics).__name__)
+        return self.iterates(y, physics, init)[-1]
+
+
+def _recon_cfg(tmp_path, **over):
+    return config_from_dict(
+        tiny(tmp_path, data__patch_size=None, physics__operator="decimate", physics__noise_sigma=0.01, **over)
+    )
+
+
+def test_reconstruction_task_calls_model_with_measurements_and_physics(tmp_path):
+    cfg = _recon_cfg(tmp_path, train__steps=10)
+    task = ReconstructionTask(Decimate(), sigma=0.01, init="adjoint")
+    model = GradientSteps()
+    metrics = Trainer(cfg, tmp_path / "r", model=model, task=task).fit()
+    assert model.seen == ((4, 1, 8, 8), "Decimate") and metrics["step"] == 10
+    # input "init": a plain image-to-image network gets A^T y
+    net = nn.Conv2d(1, 1, 3, padding=1)
+    task2 = ReconstructionTask(Decimate(), snr_db=30, init="scaled_adjoint", input="init")
+    task2.bind(net)
+    s = task2.simulate(torch.rand(2, 1, 16, 16), seed=0, step=0, indices=[0, 1])
+    assert len(s.args) == 1 and s.args[0] is s.init and s.sigma is None
+    with pytest.raises(ConfigError, match="unknown initialisation 'fbp'"):
+        ReconstructionTask(Decimate(), init="fbp")
+
+
+def test_reconstruction_task_from_the_operator_registry(tmp_path):
+    pytest.importorskip("deqir.physics.blur")
+    from deqir.train.tasks import build_task
+
+    cfg = config_from_dict(
+        tiny(
+            tmp_path,
+            data__patch_size=None,
+            physics__operator="blur",
+            physics__options={"kernel_size": 5},
+            physics__noise_sigma=0.01,
+        )
+    )
+    task = build_task(cfg)
+    assert isinstance(task, ReconstructionTask) and tuple(task.physics.image_shape) == (1, 16, 16)
+
+
+def test_blind_denoiser_receives_sigma(tmp_path):
+    cfg = config_from_dict(
+        tiny(
+            tmp_path,
+            train__steps=4,
+            physics__noise_sigma=None,
+            physics__noise_sigma_range=[0.0, 0.2],
+            model__options={"depth": 3, "width": 4, "noise_level_input": True},
+        )
+    )
+    trainer = Trainer(cfg, tmp_path / "b")
+    clean = torch.rand(4, 1, 12, 12)
+    s = trainer.task.simulate(clean, seed=0, step=0, indices=range(4))
+    assert set(s.kwargs) == {"sigma"} and s.kwargs["sigma"].shape == (4,)
+    torch.testing.assert_close((s.init - clean).flatten(1).std(1), s.sigma, atol=0.05, rtol=0.3)
+    assert trainer.fit()["step"] == 4
+
+
+def test_deqir_data_sources_plug_in():
+    pytest.importorskip("deqir.data")
+    banks = load_source(
+        "ct_phantoms", 16, 0, 0, 0, seed=0, options={"count": 6, "use_cache": False, "splits": [4, 1, 1]}
+    )
+    assert [len(banks[s]) for s in ("train", "val", "test")] == [4, 1, 1]
+    assert banks["train"].images[0].shape == (1, 16, 16)
+
+
+# ----------------------------------------------------------------------------- reports and CLI
+def test_evaluate_run_writes_metrics_and_figures(tmp_path):
+    run = train_from_config(tiny(tmp_path, train__steps=20), device="cpu")
+    other = train_from_config(tiny(tmp_path, train__steps=5, experiment__name="short"), device="cpu")
+    result = evaluate_run(run, compare=[other], device="cpu")
+    names = [m["name"] for m in result["methods"]]
+    assert names == ["noisy input", "tiny", "short"] and result["num_images"] == 4
+    psnrs = {m["name"]: m["psnr"] for m in result["methods"]}
+    assert psnrs["tiny"] > psnrs["noisy input"]
+    assert psnrs["noisy input"] == pytest.approx(20.0, abs=0.5)
+    report = run / "report"
+    for name in ("metrics.json", "metrics.md", "comparison.png", "training.png"):
+        assert (report / name).stat().st_size > 0, name
+    assert (report / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| tiny |" in (report / "metrics.md").read_text()
+    assert json.loads((report / "metrics.json").read_text())["per_image"]["tiny"]
+    with pytest.raises(ConfigError, match="their 'physics' sections differ"):
+        bad = train_from_config(
+            tiny(tmp_path, train__steps=2, experiment__name="bad", physics__noise_sigma=0.2), device="cpu"
+        )
+        evaluate_run(run, compare=[bad])
+
+
+def test_iteration_figure_for_models_with_iterates(tmp_path):
+    from deqir.train import registry
+
+    ops = {"decimate": lambda image_size, **kw: Decimate()}
+    registry.register_model("test_gradient_steps", lambda: GradientSteps())
+    import deqir.physics.registry as preg
+
+    old = dict(preg.OPERATORS)
+    preg.OPERATORS.update(ops)
+    try:
+        raw = tiny(
+            tmp_path,
+            data__patch_size=None,
+            physics__operator="decimate",
+            physics__noise_sigma=0.01,
+            model__name="test_gradient_steps",
+            model__options={},
+            train__steps=3,
+        )
+        run = train_from_config(raw, device="cpu")
+        result = evaluate_run(run, device="cpu", num_images=2)
+    finally:
+        preg.OPERATORS.clear()
+        preg.OPERATORS.update(old)
+        registry.MODELS.pop("test_gradient_steps")
+    assert (run / "report" / "iterations.png").exists()
+    assert result["methods"][0]["name"] == "initialisation (adjoint)"
+
+
+def test_cli_train_and_eval(tmp_path):
+    from typer.testing import CliRunner
+
+    from deqir.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(tiny(tmp_path, train__steps=4)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", str(cfg), "--device", "cpu", "-o", "experiment.name=cli"])
+    assert res.exit_code == 0, res.output
+    assert "run folder" in res.output and (tmp_path / "cli" / "weights" / "final.safetensors").exists()
+    res = runner.invoke(app, ["eval", str(tmp_path / "cli"), "--weights", "final", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "| cli |" in res.output and (tmp_path / "cli" / "report" / "comparison.png").exists()
+    res = runner.invoke(app, ["train", str(cfg), "-o", "train.stpes=3"])
+    assert res.exit_code != 0 and "did you mean 'steps'" in str(res.exception)
+
+
+def test_seeding_streams_differ():
+    assert seeding.derive_seed(1, seeding.DATA, 0, 0) != seeding.derive_seed(1, seeding.TASK, 0, 0)
