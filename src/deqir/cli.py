@@ -3,6 +3,10 @@
 Example:
     $ deqir bench operators --quick --json out/operators.json
     $ deqir demo --out out
+    $ deqir train configs/denoiser_tiny.yaml
+    $ deqir eval runs/denoiser_tiny
+    $ deqir data --list
+    $ deqir reconstruct --task ct --input slice.dcm --out out/ct
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import typer
 
 from deqir.errors import DeqirError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Deep-equilibrium reconstruction for imaging inverse problems.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Deep-equilibrium reconstruction for imaging inverse problems.",
+)
 
 
 @app.command()
@@ -42,6 +49,121 @@ def demo(
     from deqir.demo import run_demo
 
     run_demo(out, size=size, seed=seed)
+
+
+@app.command()
+def data(
+    size: int = typer.Option(256, "--size", help="Image side of the cached splits."),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="Cache folder (default: DEQIR_CACHE or ~/.cache/deqir)."
+    ),
+    source: list[str] = typer.Option(
+        None, "--source", "-s", help="Source to build (repeatable; default: all)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split assignment."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if a cache exists."),
+    list_only: bool = typer.Option(False, "--list", help="Only list the sources and what is installed."),
+) -> None:
+    """Build the fixed train/val/test splits of the offline data sources once, into a cache."""
+    from deqir.data import build_all, list_sources
+
+    if list_only:
+        for src in list_sources():
+            mark = "yes" if src["available"] else "no "
+            typer.echo(f"[{mark}] {src['name']}: {src['description']}")
+            for p in src["providers"]:
+                typer.echo(
+                    f"      {'+' if p['available'] else '-'} {p['name']}"
+                    + ("" if p["available"] else f"  ({p['hint']})")
+                )
+        return
+    kwargs = {"sources": source} if source else {}
+    summary = build_all(size, cache_dir, seed=seed, rebuild=rebuild, **kwargs)
+    for name, info in summary["sources"].items():
+        if "error" in info:
+            typer.echo(f"{name}: skipped ({info['error']})")
+        else:
+            typer.echo(
+                f"{name}: train {info['train']}, val {info['val']}, test {info['test']} -> {info['cache']}"
+            )
+    for s in summary["skipped"]:
+        typer.echo(f"not installed: {s['source']}/{s['provider']} (to add it: {s['hint']})")
+
+
+@app.command()
+def reconstruct(
+    task: str = typer.Option(
+        ..., "--task", help="deblur, motion_deblur, superres, ct, mri, mri_radial, mri_multi."
+    ),
+    input: Path = typer.Option(None, "--input", help="Image file to simulate measurements from."),
+    measurements: Path = typer.Option(None, "--measurements", help="Measurement .npy file instead."),
+    out: Path = typer.Option(Path("out/reconstruct"), "--out", help="Output folder."),
+    method: str = typer.Option(None, "--method", help="tikhonov, fbp, zero_filled (default: the task's)."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    noise_sigma: float = typer.Option(None, "--noise-sigma", help="Noise standard deviation."),
+    noise_snr_db: float = typer.Option(None, "--noise-snr-db", help="Noise as input SNR in dB."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Reconstruct an image file (simulated measurements) or a measurement file; write figures and metrics."""
+    from deqir.reconstruct import reconstruct as run
+
+    result = run(
+        task,
+        out,
+        image=input,
+        measurements=measurements,
+        method=method,
+        size=size,
+        noise_sigma=noise_sigma,
+        noise_snr_db=noise_snr_db,
+        seed=seed,
+    )
+    if result["metrics"]:
+        typer.echo(" ".join(f"{k}={v}" for k, v in result["metrics"].items()))
+    for f in result["files"]:
+        typer.echo(f"wrote {f}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML file (examples in configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    override: list[str] = typer.Option(None, "--override", "-o", help="SECTION.KEY=VALUE (repeatable)."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run folder (default output_dir/name)."),
+) -> None:
+    """Train the experiment a YAML file describes (data-parallel under torchrun)."""
+    from deqir.train import train_from_config
+
+    run = train_from_config(config, resume=resume, device=device, overrides=override or None, run_dir=run_dir)
+    typer.echo(f"run folder: {run}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder written by `deqir train`."),
+    weights: str = typer.Option(None, "--weights", help="best or final (default: the config's)."),
+    split: str = typer.Option(None, "--split", help="val or test (default: the config's)."),
+    num_images: int = typer.Option(None, "--num-images", help="Images to evaluate."),
+    out: Path = typer.Option(None, "--out", help="Report folder (default RUN/report)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    compare: list[Path] = typer.Option(None, "--compare", help="Other run folders to show beside it."),
+) -> None:
+    """Evaluate a run: metrics table (JSON, Markdown) and PNG figures."""
+    from deqir.train import evaluate_run
+
+    result = evaluate_run(
+        run,
+        weights=weights,
+        split=split,
+        num_images=num_images,
+        out_dir=out,
+        device=device,
+        compare=compare or None,
+    )
+    typer.echo(result["table"])
+    for f in result["files"]:
+        typer.echo(f"wrote {f}")
 
 
 def main() -> None:

@@ -52,15 +52,19 @@ def git_commit() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def time_call(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1,
-              min_time: float = 0.0) -> float:
+def time_call(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs.
 
     With ``min_time > 0`` each measurement loops ``fn`` until that long has passed and divides.
@@ -95,8 +99,13 @@ class BenchReport:
         self.rows.append({k: _plain(v) for k, v in record.items()})
 
     def to_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {"bench": self.bench, "machine": self.machine, "config": self.config,
-                "rows": self.rows, "summary": {k: _plain(v) for k, v in self.summary.items()}}
+        return {
+            "bench": self.bench,
+            "machine": self.machine,
+            "config": self.config,
+            "rows": self.rows,
+            "summary": {k: _plain(v) for k, v in self.summary.items()},
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the report as JSON (atomically: temporary file, then rename)."""

@@ -23,8 +23,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deqir._lazy import lazy_exports
 
 _EXPORTS = {
     # sources
@@ -66,17 +65,4 @@ _EXPORTS = {
     "ellipse_phantoms": "phantoms",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'deqir.data' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"deqir.data.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

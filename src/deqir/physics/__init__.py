@@ -13,8 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deqir._lazy import lazy_exports
 
 _EXPORTS = {
     "LinearOperator": "base",
@@ -34,10 +33,4 @@ _EXPORTS = {
     "OPERATORS": "registry",
     "build_operator": "registry",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deqir.physics.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deqir.physics' has no attribute '{name}'")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deqir._lazy import lazy_exports
 
 _EXPORTS = {
     "DnCNN": "dncnn",
@@ -22,10 +21,4 @@ _EXPORTS = {
     "ScicoDnCNN": "scico_weights",
     "load_scico_dncnn": "scico_weights",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deqir.priors.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deqir.priors' has no attribute '{name}'")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -27,8 +27,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deqir._lazy import lazy_exports
 
 _EXPORTS = {
     "fixed_point": "core",
@@ -53,14 +52,4 @@ _EXPORTS = {
     "spectral_norm_all": "stabilizers",
     "lipschitz_estimate": "stabilizers",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deqir.solvers.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deqir.solvers' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from deqir._lazy import lazy_exports
 
 _EXPORTS = {
     "Config": "config",
@@ -35,10 +34,4 @@ _EXPORTS = {
     "build_model": "registry",
     "spawn": "distributed",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"deqir.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'deqir.train' has no attribute '{name}'")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
