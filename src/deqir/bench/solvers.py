@@ -20,11 +20,12 @@ What it measures, all in one run (ratios are of numbers taken side by side):
   convergence (float64).
 
 Summary: ``ift_grad_rel_error``, ``deq_memory_100_vs_10``, ``unrolled_memory_100_vs_10``,
-``anderson_iters_vs_torchdeq`` and ``anderson_time_vs_torchdeq`` (ours with torchdeq's exact
-settings / torchdeq, the *maximum* over the maps; per-map ratios are in the rows),
-``anderson_default_iters_vs_torchdeq`` and ``anderson_default_time_vs_torchdeq`` (the same
-for our default Anderson, whose Tikhonov term scales with the residuals), and
-``anderson_default_iters_vs_plain``.
+``anderson_iters_vs_torchdeq`` and ``anderson_time_vs_torchdeq`` (our default ``Anderson``,
+whose Tikhonov term scales with the residuals, / torchdeq's Anderson at the same memory, λ,
+tolerance and cap: the *maximum* over the maps; per-map ratios are in the rows),
+``anderson_same_settings_iters_vs_torchdeq`` and ``anderson_same_settings_time_vs_torchdeq``
+(ours run with torchdeq's absolute ``λ I``: the identical algorithm, so these measure only the
+implementation's overhead and sit at 1 within timing noise), and ``anderson_iters_vs_plain``.
 
 Example:
     $ deqir bench solvers --quick --json results/solvers_quick.json
@@ -404,8 +405,9 @@ def _run(quick: bool) -> BenchReport:
             "torchdeq": theirs is not None,
             "iterations": "map evaluations counted by a wrapper (same for every solver)",
             "anderson_torchdeq_settings": "our Anderson with torchdeq's absolute Tikhonov λ I: the "
-            "identical algorithm, for anderson_*_vs_torchdeq",
-            "anderson_default": "our default Anderson: Tikhonov λ·max||g_i||² I (relative), same m and λ",
+            "identical algorithm, for anderson_same_settings_*_vs_torchdeq",
+            "anderson_default": "our default Anderson (Tikhonov λ·max||g_i||² I, relative), same m and λ: "
+            "the headline anderson_*_vs_torchdeq",
             "ratio_aggregate": "max over the maps of ours / torchdeq (per-map ratios in the rows)",
             "timing": "Anderson variants and torchdeq timed in `repeat` interleaved rounds (order "
             "alternating); a time ratio is the median over rounds of the ratio within a round. "
@@ -493,9 +495,11 @@ def _run(quick: bool) -> BenchReport:
     report.summary["ift_grad_rel_error"] = ift["ift_grad_rel_error"]
     report.summary["deq_memory_100_vs_10"] = mem[("deq", 100)] / mem[("deq", 10)]
     report.summary["unrolled_memory_100_vs_10"] = mem[("unrolled", 100)] / mem[("unrolled", 10)]
-    report.summary["anderson_iters_vs_torchdeq"] = worst("it")
-    report.summary["anderson_time_vs_torchdeq"] = worst("t")
-    report.summary["anderson_default_iters_vs_torchdeq"] = worst("it_def")
-    report.summary["anderson_default_time_vs_torchdeq"] = worst("t_def")
-    report.summary["anderson_default_iters_vs_plain"] = worst("plain")
+    # headline: our Anderson as users get it (default relative Tikhonov term, same m, λ, tol, cap)
+    report.summary["anderson_iters_vs_torchdeq"] = worst("it_def")
+    report.summary["anderson_time_vs_torchdeq"] = worst("t_def")
+    # the identical algorithm (torchdeq's absolute λ I): implementation overhead only, ~1 by design
+    report.summary["anderson_same_settings_iters_vs_torchdeq"] = worst("it")
+    report.summary["anderson_same_settings_time_vs_torchdeq"] = worst("t")
+    report.summary["anderson_iters_vs_plain"] = worst("plain")
     return report
