@@ -47,7 +47,9 @@ MODELS: dict[str, str | Callable[..., nn.Module]] = {
     "unet": "deqir.priors.unet:UNet",
     "drunet": "deqir.priors.drunet:SmoothResUNet",
 }
-METHODS: dict[str, str | Callable[..., nn.Module]] = {}
+METHODS: dict[str, str | Callable[..., nn.Module]] = {
+    "red_equilibrium": "deqir.methods.equilibrium:build_red_equilibrium",
+}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module] | None = None):

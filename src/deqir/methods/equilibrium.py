@@ -1,0 +1,282 @@
+"""RED as a learned equilibrium: RED(DEQ), ODER (online minibatch), RED(Unfold), RED(Denoising).
+
+All four share one map, a RED gradient step with the data gradient normalised by ``L = ‖A‖²``::
+
+    T(x) = P₊( x − α [ ∇̂g(x) / L + τ R_θ(x) ] ),     R_θ(x) = x − D_θ(x)
+
+where ``D_θ`` is a denoiser (``R_θ`` the residual it removes), ``α`` the step, ``τ`` the prior
+weight and ``P₊`` the optional projection onto ``x ≥ 0``. What differs is how ``∇̂g`` is formed
+and how the map is solved and differentiated:
+
+- ``mode="deq"`` (RED(DEQ)): ``∇̂g = ∇g``, all ``b`` blocks at every iteration; Anderson forward,
+  implicit (IFT) backward.
+- ``mode="oder"`` (ODER): ``∇̂g = (b/w) Σ_{i∈B} A_iᵀ(A_i x − y_i)`` with a fresh minibatch ``B``
+  of ``w`` blocks drawn at every call (uniform or stratified), so each iteration costs ``w/b``
+  of a full one. The map is stochastic: the forward solver is plain or Nesterov iteration for a
+  fixed number of iterations (the paper's test-time solver); the backward solves the adjoint
+  equation through one further minibatch application (the engine's ``ImplicitAdjoint``; its
+  backward map is fixed, so it is a single fresh draw for the whole adjoint solve), or JFB.
+- ``mode="unfold"`` (RED(Unfold)): ``K`` iterations, backprop through all of them.
+- RED(Denoising) is ``mode="deq"`` with a pretrained denoiser and no fine-tuning.
+
+Every application of ``A_i`` or ``A_iᵀ`` is counted in :attr:`REDEquilibrium.block_applications`
+(in units of one block), so operator costs can be compared exactly between modes.
+
+Example:
+    >>> import torch
+    >>> from deqir.methods.equilibrium import REDEquilibrium
+    >>> from deqir.physics import ParallelBeamCT
+    >>> ct = ParallelBeamCT(32, num_angles=30)
+    >>> smoother = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    >>> _ = torch.nn.init.constant_(smoother.weight, 1 / 9)
+    >>> model = REDEquilibrium(smoother, mode="oder", minibatch=10, max_iter=20)
+    >>> x = torch.zeros(1, 1, 32, 32); x[..., 8:24, 8:24] = 1
+    >>> y = ct.A(x)
+    >>> out = model(y, ct, init=ct.fbp(y))
+    >>> tuple(out.shape), model.block_applications == 2 * 10 * 21  # 20 solves + 1 re-application
+    ((1, 1, 32, 32), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from deqir.errors import InvalidValueError, unknown_name_message
+
+MODES = ("deq", "oder", "unfold")
+SOLVERS = ("anderson", "nesterov", "plain")
+ADJOINTS = ("implicit", "jfb", "phantom")
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+class REDEquilibrium(nn.Module):
+    """A RED map trained as a deep equilibrium (or unfolded); see the module docstring.
+
+    Args:
+        network: the denoiser ``D_θ`` (``network(x)`` or, with ``prior_sigma``, ``network(x, sigma)``).
+        mode: ``deq``, ``oder`` or ``unfold``.
+        step: ``α``, the step on the ``L``-normalised data gradient (``< 2`` for a contraction
+            of the data part alone); learnable with ``learn_parameters``.
+        tau: ``τ``, the prior weight; learnable with ``learn_parameters``.
+        learn_parameters: train ``α`` and ``τ`` (kept positive through a softplus).
+        prior_sigma: noise level passed to a blind denoiser with a noise-level input
+            (``None``: call ``network(x)``).
+        minibatch: ``w``, blocks per iteration for ``oder`` (``None``: all blocks).
+        sampling: ``stratified`` or ``uniform``.
+        groups: groups of the stratified sampler (default: the sampler's).
+        solver: ``anderson`` (deq only), ``nesterov`` or ``plain``; default: ``anderson`` for
+            ``deq``, ``nesterov`` for ``oder``.
+        max_iter: forward iterations (the cap for ``deq``; the fixed count for ``oder``;
+            ``K`` for ``unfold``).
+        tol: forward relative tolerance (``deq``; ``oder`` runs a fixed count: ``tol = 0``).
+        adjoint: ``implicit``, ``jfb`` or ``phantom`` (deq and oder).
+        backward_max_iter, backward_tol: cap and tolerance of the implicit adjoint solve.
+        nonnegative: project each iterate onto ``x ≥ 0``.
+        seed: seed of the minibatch sampler.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        mode: str = "deq",
+        step: float = 1.0,
+        tau: float = 0.5,
+        learn_parameters: bool = True,
+        prior_sigma: float | None = None,
+        minibatch: int | None = None,
+        sampling: str = "stratified",
+        groups: int | None = None,
+        solver: str | None = None,
+        max_iter: int = 50,
+        tol: float = 1e-4,
+        adjoint: str = "implicit",
+        backward_max_iter: int = 50,
+        backward_tol: float = 1e-4,
+        nonnegative: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise InvalidValueError(unknown_name_message("RED mode", mode, MODES))
+        solver = solver or ("anderson" if mode == "deq" else "nesterov")
+        if solver not in SOLVERS:
+            raise InvalidValueError(unknown_name_message("solver", solver, SOLVERS))
+        if adjoint not in ADJOINTS:
+            raise InvalidValueError(unknown_name_message("adjoint", adjoint, ADJOINTS))
+        if mode == "oder" and solver == "anderson":
+            raise InvalidValueError(
+                "ODER draws a fresh minibatch at every iteration: use solver 'nesterov' or 'plain' "
+                "(Anderson assumes the same map at every call)"
+            )
+        if not (step > 0 and tau >= 0):
+            raise InvalidValueError(f"step must be > 0 and tau >= 0; got step={step}, tau={tau}")
+        if minibatch is not None and int(minibatch) < 1:
+            raise InvalidValueError(f"minibatch must be a positive number of blocks; got {minibatch}")
+        self.network = network
+        self.mode, self.solver_name, self.adjoint_name = mode, solver, adjoint
+        self.prior_sigma = prior_sigma
+        self.minibatch = None if minibatch is None else int(minibatch)
+        self.sampling, self.groups, self.seed = sampling, groups, int(seed)
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.backward_max_iter, self.backward_tol = int(backward_max_iter), float(backward_tol)
+        self.nonnegative = bool(nonnegative)
+        raw = torch.tensor([_inverse_softplus(float(step)), _inverse_softplus(max(float(tau), 1e-8))])
+        if learn_parameters:
+            self.raw_parameters = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_parameters", raw)
+        self.block_applications = 0
+        self.last_stats: Any = None
+        self._norms: dict[int, float] = {}
+        self._sampler: Any = None
+
+    # ------------------------------------------------------------------ pieces of the map
+    @property
+    def step(self) -> torch.Tensor:
+        """The step ``α`` (positive)."""
+        return nn.functional.softplus(self.raw_parameters[0])
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """The prior weight ``τ`` (positive)."""
+        return nn.functional.softplus(self.raw_parameters[1])
+
+    def lipschitz(self, physics) -> float:
+        """``L = ‖A‖²`` of ``physics`` (power method, cached per operator object)."""
+        key = id(physics)
+        if key not in self._norms:
+            self._norms[key] = float(physics.norm()) ** 2
+        return self._norms[key]
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``R_θ(x) = x − D_θ(x)``."""
+        if self.prior_sigma is None:
+            return x - self.network(x)
+        return x - self.network(x, self.prior_sigma)
+
+    def _blocks_per_call(self, physics) -> int | None:
+        if self.mode != "oder" or self.minibatch is None or self.minibatch >= physics.num_blocks:
+            return None
+        return self.minibatch
+
+    def _sampler_for(self, physics):
+        from deqir.physics.sampling import BlockSampler
+
+        w = self._blocks_per_call(physics)
+        s = self._sampler
+        if w is None:
+            return None
+        if s is None or s.num_blocks != physics.num_blocks or s.batch_size != w:
+            s = BlockSampler(
+                physics.num_blocks, w, strategy=self.sampling, groups=self.groups, seed=self.seed
+            )
+            self._sampler = s
+        return s
+
+    def make_map(self, y: torch.Tensor, physics):
+        """The map ``T`` for measurements ``y`` (stochastic for ODER with ``w < b``)."""
+        from deqir.solvers import StochasticMap
+
+        L = self.lipschitz(physics)
+        sampler = self._sampler_for(physics)
+        b = physics.num_blocks
+        step, tau = self.step, self.tau
+        frozen: list[torch.Tensor | None] = [None]
+
+        def T(x: torch.Tensor) -> torch.Tensor:
+            blocks = None
+            if sampler is not None:
+                blocks = frozen[0] if frozen[0] is not None else sampler.sample()
+            self.block_applications += 2 * (b if blocks is None else int(blocks.numel()))
+            grad = physics.data_grad(x, y, blocks) / L
+            out = x - step * (grad + tau * self.residual(x))
+            return out.clamp_min(0) if self.nonnegative else out
+
+        if sampler is None:
+            return T
+
+        @contextlib.contextmanager
+        def freeze():
+            frozen[0] = sampler.sample()
+            try:
+                yield
+            finally:
+                frozen[0] = None
+
+        return StochasticMap(T, freeze=freeze)
+
+    def _solver(self):
+        from deqir.solvers import Anderson, FixedPointIteration, Nesterov
+
+        if self.mode == "oder":  # a fixed number of iterations: the tolerance never stops it
+            tol, stop = 0.0, "abs"
+        else:
+            tol, stop = self.tol, "rel"
+        if self.solver_name == "anderson":
+            return Anderson(tol=tol, stop=stop, max_iter=self.max_iter, memory=5, regularization=1e-4)
+        if self.solver_name == "nesterov":
+            return Nesterov(tol=tol, stop=stop, max_iter=self.max_iter, restart=True)
+        return FixedPointIteration(tol=tol, stop=stop, max_iter=self.max_iter)
+
+    def _adjoint(self):
+        from deqir.solvers import ImplicitAdjoint, JacobianFree, PhantomAdjoint, UnrolledAdjoint
+
+        if self.mode == "unfold":
+            return UnrolledAdjoint()
+        if self.adjoint_name == "jfb":
+            return JacobianFree()
+        if self.adjoint_name == "phantom":
+            return PhantomAdjoint(steps=5, damping=0.5)
+        return ImplicitAdjoint(tol=self.backward_tol, max_iter=self.backward_max_iter)
+
+    # ------------------------------------------------------------------ running it
+    def forward(self, y: torch.Tensor, physics, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct from ``y``; ``init`` defaults to ``Aᵀy / L``."""
+        from deqir.solvers import fixed_point
+
+        x0 = init if init is not None else physics.A_adjoint(y) / self.lipschitz(physics)
+        x0 = x0.detach()
+        if self.nonnegative:
+            x0 = x0.clamp_min(0)
+        f = self.make_map(y, physics)
+        if self.mode == "unfold":
+            from deqir.solvers import FixedPointIteration
+
+            solver = FixedPointIteration(tol=0.0, stop="abs", max_iter=self.max_iter)
+        else:
+            solver = self._solver()
+        sol = fixed_point(f, x0, solver=solver, adjoint=self._adjoint())
+        self.last_stats = sol.stats
+        return sol.value
+
+    @torch.no_grad()
+    def iterates(self, y: torch.Tensor, physics, init: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every iterate of plain iteration of the map (for residual / PSNR against iteration)."""
+        x = init if init is not None else physics.A_adjoint(y) / self.lipschitz(physics)
+        x = x.clamp_min(0) if self.nonnegative else x
+        f = self.make_map(y, physics)
+        out = [x]
+        for _ in range(self.max_iter):
+            x = f(x)
+            out.append(x)
+        return out
+
+    def extra_repr(self) -> str:  # noqa: D102
+        w = "all" if self.minibatch is None else self.minibatch
+        return (
+            f"mode={self.mode}, solver={self.solver_name}, adjoint={self.adjoint_name}, minibatch={w}, "
+            f"max_iter={self.max_iter}, step={float(self.step):.3g}, tau={float(self.tau):.3g}"
+        )
+
+
+def build_red_equilibrium(network: nn.Module, **options: Any) -> REDEquilibrium:
+    """Trainer hook (``method: {name: red_equilibrium, options: {...}}``)."""
+    return REDEquilibrium(network, **options)

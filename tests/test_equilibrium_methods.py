@@ -1,0 +1,136 @@
+"""RED(DEQ), ODER and RED(Unfold): exact operator accounting, unbiased steps, gradients, memory."""
+
+import pytest
+import torch
+
+from deqir.errors import InvalidValueError
+from deqir.methods.equilibrium import REDEquilibrium
+from deqir.physics import ParallelBeamCT
+from deqir.physics.registry import build_operator
+from deqir.priors import DnCNN
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return ParallelBeamCT(32, num_angles=30)
+
+
+@pytest.fixture(scope="module")
+def batch(ct):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 1, 32, 32)
+    x[:, :, 8:24, 10:22] = 0.8
+    x = x + 0.1 * torch.rand(x.shape, generator=gen)
+    y = ct.A(x)
+    return x, y, ct.fbp(y).clamp_min(0)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return DnCNN(depth=3, width=8)
+
+
+def test_operator_applications_scale_exactly_with_the_minibatch(ct, batch):
+    _, y, x0 = batch
+    full = REDEquilibrium(_net(), mode="deq", solver="plain", tol=0.0, max_iter=12)
+    oder = REDEquilibrium(_net(), mode="oder", minibatch=10, solver="plain", max_iter=12)
+    with torch.no_grad():
+        full(y, ct, init=x0)
+        oder(y, ct, init=x0)
+    assert oder.block_applications / full.block_applications == pytest.approx(10 / 30, abs=0)
+
+
+def test_oder_step_is_unbiased(ct, batch):
+    _, y, x0 = batch
+    net = _net()
+    full = REDEquilibrium(net, mode="deq", nonnegative=False)
+    oder = REDEquilibrium(net, mode="oder", minibatch=6, sampling="uniform", nonnegative=False, seed=3)
+    with torch.no_grad():
+        want = full.make_map(y, ct)(x0)
+        f = oder.make_map(y, ct)
+        draws = torch.stack([f(x0) for _ in range(600)])
+    mean, sem = draws.mean(0), draws.std(0) / 600**0.5
+    assert float(((mean - want).abs() / (sem + 1e-7)).quantile(0.99)) < 5
+    assert float((draws[0] - want).abs().max()) > 1e-3  # single draws really differ
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "deq"},
+        {"mode": "deq", "adjoint": "jfb"},
+        {"mode": "oder", "minibatch": 10, "max_iter": 15},
+        {"mode": "unfold", "max_iter": 5},
+    ],
+)
+def test_training_step_gives_every_parameter_a_finite_gradient(ct, batch, kwargs):
+    x, y, x0 = batch
+    model = REDEquilibrium(_net(), max_iter=kwargs.pop("max_iter", 30), **kwargs)
+    loss = (model(y, ct, init=x0) - x).square().mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    assert float(model.raw_parameters.grad.abs().sum()) > 0
+
+
+def test_training_lowers_the_loss(ct, batch):
+    x, y, x0 = batch
+    model = REDEquilibrium(_net(1), mode="oder", minibatch=10, max_iter=20, tau=0.2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = (model(y, ct, init=x0) - x).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert min(losses[-5:]) < 0.8 * losses[0]
+
+
+def _saved_bytes(model, y, ct, x0):
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(y, ct, init=x0).square().mean()
+    return total[0]
+
+
+def test_deq_memory_is_flat_and_unfolding_memory_grows(ct, batch):
+    _, y, x0 = batch
+    deq = [
+        _saved_bytes(REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=k), y, ct, x0)
+        for k in (5, 40)
+    ]
+    unf = [_saved_bytes(REDEquilibrium(_net(), mode="unfold", max_iter=k), y, ct, x0) for k in (5, 40)]
+    assert deq[1] == deq[0]
+    assert unf[1] / unf[0] > 6
+
+
+def test_mri_coils_as_blocks():
+    op = build_operator("mri_multi", image_size=32, num_coils=8)
+    x = torch.rand(1, 1, 32, 32)
+    y = op.A(x)
+    model = REDEquilibrium(_net(), mode="oder", minibatch=4, max_iter=10)
+    out = model(y, op, init=op.zero_filled(y).abs())
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(InvalidValueError, match="nesterov"):
+        REDEquilibrium(_net(), mode="oder", solver="anderson")
+    with pytest.raises(InvalidValueError, match="did you mean 'oder'"):
+        REDEquilibrium(_net(), mode="odr")
+    with pytest.raises(InvalidValueError, match="step"):
+        REDEquilibrium(_net(), step=0.0)
+
+
+def test_trainer_builds_it_from_a_config():
+    from deqir.train.registry import build_method
+
+    model = build_method("red_equilibrium", _net(), {"mode": "oder", "minibatch": 10})
+    assert isinstance(model, REDEquilibrium) and model.minibatch == 10
