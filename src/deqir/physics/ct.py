@@ -385,9 +385,11 @@ class ParallelBeamCT(LinearOperator):
         kernels = _sparse_kernels() if x.device.type == "cpu" else None
         if kernels is not None:  # SciPy's compiled CSR kernel on each run of consecutive angles
             vals, indptr, idx = self._numpy_arrays(x.dtype)
-            if batch == 1:
-                xv = x.detach().reshape(n2).contiguous().numpy()
-                out = np.zeros(count * det, dtype=xv.dtype)
+            # one single-vector kernel call per image: SciPy's multi-vector kernels
+            # (csr_matvecs) loop over the vectors per nonzero and run several times slower
+            xs = x.detach().reshape(batch, n2).contiguous().numpy()
+            out = np.zeros((batch, count * det), dtype=xs.dtype)
+            for k in range(batch):
                 for pos, first, length in runs:
                     kernels.csr_matvec(
                         length * det,
@@ -395,24 +397,10 @@ class ParallelBeamCT(LinearOperator):
                         indptr[first * det : (first + length) * det + 1],
                         idx,
                         vals,
-                        xv,
-                        out[pos * det : (pos + length) * det],
+                        xs[k],
+                        out[k, pos * det : (pos + length) * det],
                     )
-                return torch.from_numpy(out).view(1, 1, count, det)
-            xm = x.detach().reshape(batch, n2).t().contiguous().numpy()  # (N*N, B)
-            out = np.zeros((count * det, batch), dtype=xm.dtype)
-            for pos, first, length in runs:
-                kernels.csr_matvecs(
-                    length * det,
-                    n2,
-                    batch,
-                    indptr[first * det : (first + length) * det + 1],
-                    idx,
-                    vals,
-                    xm,
-                    out[pos * det : (pos + length) * det],
-                )
-            return torch.from_numpy(out).t().reshape(batch, 1, count, det)
+            return torch.from_numpy(out).view(batch, 1, count, det)
         mats = self._forward_blocks(x.dtype)
         xm = x.detach().reshape(batch, n2).t().contiguous()  # (N*N, B)
         out = torch.empty(count, det, batch, dtype=x.dtype, device=x.device)
@@ -429,9 +417,9 @@ class ParallelBeamCT(LinearOperator):
         kernels = _sparse_kernels() if y.device.type == "cpu" else None
         if kernels is not None:  # scatter the rows back onto the image: CSC kernel, same arrays
             vals, indptr, idx = self._numpy_arrays(y.dtype)
-            if batch == 1:
-                yv = y.detach().reshape(count * det).contiguous().numpy()
-                out = np.zeros(n2, dtype=yv.dtype)
+            ys = y.detach().reshape(batch, count * det).contiguous().numpy()
+            out = np.zeros((batch, n2), dtype=ys.dtype)
+            for k in range(batch):  # single-vector kernels, as in _forward
                 for pos, first, length in runs:
                     kernels.csc_matvec(
                         n2,
@@ -439,24 +427,10 @@ class ParallelBeamCT(LinearOperator):
                         indptr[first * det : (first + length) * det + 1],
                         idx,
                         vals,
-                        yv[pos * det : (pos + length) * det],
-                        out,
+                        ys[k, pos * det : (pos + length) * det],
+                        out[k],
                     )
-                return torch.from_numpy(out).view(1, 1, n, n)
-            ym = y.detach().reshape(batch, count * det).t().contiguous().numpy()  # (S*D, B)
-            out = np.zeros((n2, batch), dtype=ym.dtype)
-            for pos, first, length in runs:
-                kernels.csc_matvecs(
-                    n2,
-                    length * det,
-                    batch,
-                    indptr[first * det : (first + length) * det + 1],
-                    idx,
-                    vals,
-                    ym[pos * det : (pos + length) * det],
-                    out,
-                )
-            return torch.from_numpy(out).t().reshape(batch, 1, n, n)
+            return torch.from_numpy(out).view(batch, 1, n, n)
         mats = self._adjoint_blocks(y.dtype)
         ys = y.detach().reshape(batch, count, det)
         out = torch.zeros(n2, batch, dtype=y.dtype, device=y.device)
