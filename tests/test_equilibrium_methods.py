@@ -134,3 +134,25 @@ def test_trainer_builds_it_from_a_config():
 
     model = build_method("red_equilibrium", _net(), {"mode": "oder", "minibatch": 10})
     assert isinstance(model, REDEquilibrium) and model.minibatch == 10
+
+
+def test_phantom_gradient_draws_fresh_minibatches(ct, batch):
+    x, y, x0 = batch
+    model = REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=8, adjoint="phantom", phantom_steps=3)
+    (model(y, ct, init=x0) - x).square().mean().backward()
+    # 8 graph-free solves + 3 phantom applications with grad, 10 of 30 blocks each, A and A^T
+    assert model.block_applications == 2 * 10 * (8 + 3)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bench_cost_meter_counts_blocks_exactly(batch):
+    from deqir.bench.common import BenchReport
+    from deqir.bench.oder import _cost_rows
+
+    op = ParallelBeamCT(32, num_angles=30)
+    x = batch[0]
+    report = BenchReport("t")
+    costs = _cost_rows("ct", "tiny", op, _net(), x, 50.0, "fbp", (10, 30), 1, report)
+    assert costs[10]["operator_block_applications"] / costs[30]["operator_block_applications"] == 10 / 30
+    assert costs[30]["saved_bytes"] > 0 and 0 < costs[30]["operator_share"] < 1
+    assert len(report.rows) == 2

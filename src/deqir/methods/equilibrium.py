@@ -79,6 +79,9 @@ class REDEquilibrium(nn.Module):
         tol: forward relative tolerance (``deq``; ``oder`` runs a fixed count: ``tol = 0``).
         adjoint: ``implicit``, ``jfb`` or ``phantom`` (deq and oder).
         backward_max_iter, backward_tol: cap and tolerance of the implicit adjoint solve.
+        phantom_steps, phantom_damping: ``k`` and ``λ`` of the phantom gradient (``adjoint="phantom"``):
+            backprop through ``k`` damped applications of the map from the detached fixed point;
+            for ODER each application draws a fresh minibatch.
         nonnegative: project each iterate onto ``x ≥ 0``.
         seed: seed of the minibatch sampler.
     """
@@ -100,6 +103,8 @@ class REDEquilibrium(nn.Module):
         adjoint: str = "implicit",
         backward_max_iter: int = 50,
         backward_tol: float = 1e-4,
+        phantom_steps: int = 3,
+        phantom_damping: float = 0.5,
         nonnegative: bool = True,
         seed: int = 0,
     ):
@@ -127,6 +132,7 @@ class REDEquilibrium(nn.Module):
         self.sampling, self.groups, self.seed = sampling, groups, int(seed)
         self.max_iter, self.tol = int(max_iter), float(tol)
         self.backward_max_iter, self.backward_tol = int(backward_max_iter), float(backward_tol)
+        self.phantom_steps, self.phantom_damping = int(phantom_steps), float(phantom_damping)
         self.nonnegative = bool(nonnegative)
         raw = torch.tensor([_inverse_softplus(float(step)), _inverse_softplus(max(float(tau), 1e-8))])
         if learn_parameters:
@@ -234,7 +240,7 @@ class REDEquilibrium(nn.Module):
         if self.adjoint_name == "jfb":
             return JacobianFree()
         if self.adjoint_name == "phantom":
-            return PhantomAdjoint(steps=5, damping=0.5)
+            return PhantomAdjoint(steps=self.phantom_steps, damping=self.phantom_damping)
         return ImplicitAdjoint(tol=self.backward_tol, max_iter=self.backward_max_iter)
 
     # ------------------------------------------------------------------ running it

@@ -1,0 +1,562 @@
+"""``deqir bench oder``: ODER against RED(DEQ) and its baselines, and where the savings come from.
+
+Three settings (METHODS.md §4, issue "ODER and its baselines"):
+
+(a) sparse-view CT, 128², 90 angles, 50 dB input SNR, CT-like test images (phantoms and brain
+    slices, the held-out split of ``ct_phantoms+brain``) and the real CT slices of pydicom:
+    FBP (Hann), TV (λ tuned on the validation split), RED(Denoising) (the pretrained prior, step
+    and τ tuned on validation), RED(DEQ) (full batch, Anderson at test), ODER with w = 10 and 30
+    of 90 stratified angles (Nesterov, a fixed number of iterations at test), and the RED(DEQ)
+    weights run with the ODER solver at w = 90;
+(b) a measurement-heavy CT setting (256², 360 angles) where the projector dominates: cost of
+    one training step for w ∈ {b/12, b/6, b/3, b} with the same network (fully convolutional);
+(c) multi-coil MRI, 128², 8 coils, 4× Cartesian, 40 dB: zero-filled, TV, RED(Denoising),
+    RED(DEQ), ODER with 2 and 4 coils per iteration.
+
+Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
+time, bytes saved for backward (``saved_tensors_hooks``), peak process memory above the
+step's starting point (RSS sampled every millisecond), applications of the measurement
+operator counted exactly in blocks, and the share of step time spent inside the operator.
+
+The learned models are the shipped weights ``deqir/weights/oder_*.safetensors`` (written by
+:func:`export_all` from the runs of ``configs/oder_*.yaml``); nothing is trained here, so
+``--quick`` (fewer test images, fewer cost repeats) re-evaluates them in under a minute.
+
+Example:
+    $ deqir bench oder --quick --json out/oder-quick.json
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from deqir.bench.common import BenchReport
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+CT_RUNS = ("oder_ct_prior", "oder_ct_red_deq", "oder_ct_w30", "oder_ct_w10")
+MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
+TEST_ITERATIONS = 100  # Nesterov iterations of ODER at test time (the paper: 180 at 512²)
+TRAIN_ITERATIONS = 20  # forward iterations of one training step (as in the configs)
+RED_DENOISING_TAUS = (0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+# ----------------------------------------------------------------------------- weights
+def export_run(run_dir: str | Path, name: str | None = None, out_dir: Path = WEIGHTS_DIR) -> Path:
+    """Copy a finished run's best weights to ``deqir/weights/<name>.safetensors`` with its config.
+
+    Example:
+        >>> export_run("runs/oder_ct_w30")  # doctest: +SKIP
+    """
+    from deqir.train.checkpoint import load_weights, read_sidecar, save_weights
+    from deqir.train.config import load_config
+    from deqir.train.trainer import build_model_from_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    model = build_model_from_config(cfg, initial_weights=False)
+    best = run_dir / "weights" / "best.safetensors"
+    load_weights(best, model)
+    meta = read_sidecar(best) or {}
+    raw = (run_dir / "config.yaml").read_text()
+    import yaml
+
+    return save_weights(
+        model,
+        Path(out_dir) / f"{name or run_dir.name}.safetensors",
+        config=yaml.safe_load(raw),
+        metrics=meta.get("metrics", {}),
+        extra={"run": run_dir.name},
+    )
+
+
+def export_all(runs_dir: str | Path = "runs") -> list[Path]:
+    """Export every ODER run found under ``runs_dir`` (what ``make oder`` ends with)."""
+    return [export_run(Path(runs_dir) / r) for r in (*CT_RUNS, *MRI_RUNS) if (Path(runs_dir) / r).is_dir()]
+
+
+def load_shipped(name: str) -> torch.nn.Module:
+    """The model of a shipped ODER weights file, built from its sidecar config, in eval mode."""
+    from deqir.errors import CheckpointError
+    from deqir.train.checkpoint import load_weights, read_sidecar
+    from deqir.train.config import config_from_dict
+    from deqir.train.trainer import build_model_from_config
+
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(
+            f"shipped weights {path} are missing: train and export them with `make oder` "
+            "(configs/oder_*.yaml)"
+        )
+    side = read_sidecar(path) or {}
+    if not isinstance(side.get("config"), dict):
+        raise CheckpointError(f"{path}: its JSON sidecar holds no training config; re-export it")
+    model = build_model_from_config(config_from_dict(side["config"]), initial_weights=False)
+    load_weights(path, model)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- data
+def _images(source: str, split: str, count: int, size: int = 128) -> torch.Tensor:
+    from deqir.data import build_dataset
+
+    ds = build_dataset(source, size, seed=0)[split]
+    n = min(count, len(ds))
+    return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
+
+
+def _real_ct(size: int = 128) -> tuple[torch.Tensor, list[str]]:
+    from deqir.data.sources import get_source
+    from deqir.data.splits import fit_image
+
+    src = get_source("ct")
+    out, keys = [], []
+    for entry in src.entries(warn=False):
+        for s in entry.load(size):
+            out.append(torch.from_numpy(fit_image(s.image, size, src.fit))[None])
+            keys.append(s.key)
+    return (torch.stack(out) if out else torch.zeros(0, 1, size, size)), keys
+
+
+def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
+    from deqir.methods.baselines import simulate
+
+    return simulate(op, x, noise_snr_db=snr_db, seed=seed)
+
+
+def _init(op, y: torch.Tensor, kind: str) -> torch.Tensor:
+    x = op.fbp(y, filter="hann") if kind == "fbp" else op.zero_filled(y)
+    x = x.abs() if x.is_complex() else x
+    return x.clamp_min(0)
+
+
+# ----------------------------------------------------------------------------- quality
+def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    from deqir.metrics import compute_metrics
+
+    m = compute_metrics(x_hat.clamp(0, 1), x)
+    return {k: float(m[k].mean()) for k in ("snr", "psnr", "ssim")}
+
+
+def _configure(model, *, mode: str, solver: str, iterations: int, minibatch: int | None = None, tol=1e-4):
+    model.mode, model.solver_name, model.max_iter, model.tol = mode, solver, iterations, tol
+    model.minibatch = minibatch
+    model._sampler = None
+    return model
+
+
+def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = torch.cat([model(y[i : i + 1], op, init=x0[i : i + 1]) for i in range(y.shape[0])])
+    return out, (time.perf_counter() - t0) / y.shape[0]
+
+
+def _red_denoising(prior_net, op, val_x, val_y, val_x0):
+    """RED with the pretrained prior only; τ tuned on the validation images."""
+    from deqir.methods.equilibrium import REDEquilibrium
+
+    best = None
+    for tau in RED_DENOISING_TAUS:
+        m = REDEquilibrium(prior_net, mode="deq", tau=tau, learn_parameters=False, max_iter=100, tol=1e-4)
+        out, _ = _reconstruct(m, op, val_y, val_x0)
+        score = _scores(out, val_x)["psnr"]
+        if best is None or score > best[0]:
+            best = (score, tau, m)
+    return best[2], best[1]
+
+
+def _quality(
+    task: str,
+    op,
+    names: dict[str, str],
+    test_sets: dict[str, torch.Tensor],
+    val_x: torch.Tensor,
+    snr_db: float,
+    init_kind: str,
+    variants: dict[str, int | None],
+    report: BenchReport,
+    figure: dict,
+) -> dict[str, dict[str, float]]:
+    from deqir.methods.baselines import run_baseline, tune_hyperparameters
+
+    classical = "fbp" if init_kind == "fbp" else "zero_filled"
+    val_y = _simulate(op, val_x, snr_db, seed=1)
+    val_x0 = _init(op, val_y, init_kind)
+    tv = tune_hyperparameters(op, "tv", val_x, noise_snr_db=snr_db, seed=1)
+    prior = load_shipped(names["prior"])
+    red_den, tau = _red_denoising(prior, op, val_x, val_y, val_x0)
+    models = {v: load_shipped(names[v]) for v in variants}
+    results: dict[str, dict[str, float]] = {}
+    for set_name, x in test_sets.items():
+        if x.shape[0] == 0:
+            continue
+        y = _simulate(op, x, snr_db, seed=2)
+        x0 = _init(op, y, init_kind)
+        recs: dict[str, tuple[torch.Tensor, float]] = {}
+        t0 = time.perf_counter()
+        recs[classical] = (run_baseline(op, y, classical).x, (time.perf_counter() - t0) / x.shape[0])
+        t0 = time.perf_counter()
+        recs["tv"] = (run_baseline(op, y, "tv", params=tv.best).x, (time.perf_counter() - t0) / x.shape[0])
+        recs["red_denoising"] = _reconstruct(red_den, op, y, x0)
+        b = op.num_blocks
+        for v, w in variants.items():
+            m = models[v]
+            if w is None:  # the full-batch map: Anderson to a tolerance, and the ODER solver at w = b
+                recs["red_deq"] = _reconstruct(
+                    _configure(m, mode="deq", solver="anderson", iterations=100), op, y, x0
+                )
+                recs[f"oder_w{b}"] = _reconstruct(
+                    _configure(m, mode="deq", solver="nesterov", iterations=TEST_ITERATIONS, tol=0.0),
+                    op,
+                    y,
+                    x0,
+                )
+            else:
+                recs[f"oder_w{w}"] = _reconstruct(
+                    _configure(m, mode="oder", solver="nesterov", iterations=TEST_ITERATIONS, minibatch=w),
+                    op,
+                    y,
+                    x0,
+                )
+        for method, (out, seconds) in recs.items():
+            s = _scores(out, x)
+            results.setdefault(set_name, {})[method] = s["snr"]
+            report.add_row(
+                section="quality",
+                task=task,
+                test_set=set_name,
+                method=method,
+                images=int(x.shape[0]),
+                snr=s["snr"],
+                psnr=s["psnr"],
+                ssim=s["ssim"],
+                seconds_per_image=seconds,
+                params={"tv": tv.best, "red_denoising": {"tau": tau}}.get(method),
+            )
+        if set_name == "test":
+            figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}
+    return results
+
+
+# ----------------------------------------------------------------------------- cost
+class _OperatorMeter:
+    """Counts blocks through ``_forward``/``_adjoint`` of one operator and the time spent there."""
+
+    def __init__(self, op):
+        self.op, self.blocks, self.seconds = op, 0, 0.0
+        self._fwd, self._adj = op._forward, op._adjoint
+
+        def wrap(fn):
+            def inner(t, blocks):
+                t0 = time.perf_counter()
+                out = fn(t, blocks)
+                self.seconds += time.perf_counter() - t0
+                self.blocks += op.num_blocks if blocks is None else int(blocks.numel())
+                return out
+
+            return inner
+
+        op._forward, op._adjoint = wrap(self._fwd), wrap(self._adj)
+
+    def reset(self) -> None:
+        self.blocks, self.seconds = 0, 0.0
+
+    def close(self) -> None:
+        self.op._forward, self.op._adjoint = self._fwd, self._adj
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class _PeakRSS:
+    """Peak resident memory above the starting point while the ``with`` block runs."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, _rss_bytes())
+                time.sleep(0.001)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+        self.delta = self.peak - self.start
+
+
+def _training_step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
+    meter = _OperatorMeter(op)
+    try:
+        times, op_times, blocks, saved, peaks = [], [], [], [], []
+        for r in range(repeat + 1):
+            model.zero_grad(set_to_none=True)
+            meter.reset()
+            total = [0]
+
+            def pack(t, total=total):
+                total[0] += t.numel() * t.element_size()
+                return t
+
+            with _PeakRSS() as peak:
+                t0 = time.perf_counter()
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = (model(y, op, init=x0) - x).square().mean()
+                loss.backward()
+                dt = time.perf_counter() - t0
+            if r == 0:
+                continue  # warm-up (kernel caches, allocator)
+            times.append(dt)
+            op_times.append(meter.seconds)
+            blocks.append(meter.blocks)
+            saved.append(total[0])
+            peaks.append(peak.delta)
+    finally:
+        meter.close()
+    t = statistics.median(times)
+    return {
+        "step_seconds": t,
+        "operator_share": statistics.median(o / s for o, s in zip(op_times, times, strict=True)),
+        "operator_block_applications": statistics.median(blocks),
+        "operator_full_applications": statistics.median(blocks) / op.num_blocks,
+        "saved_bytes": statistics.median(saved),
+        "peak_bytes": statistics.median(peaks),
+    }
+
+
+def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, report) -> dict:
+    from deqir.methods.equilibrium import REDEquilibrium
+
+    y = _simulate(op, x, snr_db, seed=3)
+    x0 = _init(op, y, init_kind)
+    out = {}
+    for w in widths:
+        mode = "deq" if w == op.num_blocks else "oder"
+        model = REDEquilibrium(
+            net,
+            mode=mode,
+            minibatch=None if mode == "deq" else w,
+            solver="nesterov",
+            max_iter=TRAIN_ITERATIONS,
+            tol=0.0,
+            adjoint="phantom",
+            phantom_steps=3,
+        )
+        cost = _training_step_cost(model, op, x, y, x0, repeat)
+        with torch.no_grad():
+            model.max_iter = TEST_ITERATIONS
+            t0 = time.perf_counter()
+            model(y[:1], op, init=x0[:1])
+            cost["test_seconds_per_image"] = time.perf_counter() - t0
+        out[w] = cost
+        report.add_row(section="cost", task=task, setting=setting, w=w, b=op.num_blocks, **cost)
+    return out
+
+
+# ----------------------------------------------------------------------------- figure
+def _figure(figure: dict, costs: dict, path: Path) -> Path | None:
+    if not figure:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(figure.items())
+    cols = max(len(v) for _, v in rows)
+    fig, axes = plt.subplots(len(rows) + 1, cols, figsize=(2.4 * cols, 2.5 * (len(rows) + 1)), squeeze=False)
+    for i, (task, panels) in enumerate(rows):
+        truth = panels["truth"]
+        for j, (name, img) in enumerate(panels.items()):
+            ax = axes[i, j]
+            ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+            title = (
+                name
+                if name == "truth"
+                else f"{name}\n{float(_scores(img[None, None], truth[None, None])['snr']):.2f} dB SNR"
+            )
+            ax.set_title(f"{task}: {title}" if j == 0 else title, fontsize=7)
+        for ax in axes[i]:
+            ax.axis("off")
+    for ax in axes[-1]:
+        ax.axis("off")
+    for k, (setting, rows_w) in enumerate(costs.items()):
+        if k >= cols:
+            break
+        ax = axes[-1, k]
+        ax.axis("on")
+        ws = sorted(rows_w)
+        full = rows_w[max(ws)]
+        ax.plot(ws, [rows_w[w]["step_seconds"] / full["step_seconds"] for w in ws], "o-", label="step time")
+        ax.plot(
+            ws, [rows_w[w]["peak_bytes"] / max(full["peak_bytes"], 1) for w in ws], "s-", label="peak memory"
+        )
+        ax.plot(ws, [w / max(ws) for w in ws], "k--", lw=0.8, label="w / b")
+        ax.set_title(f"{setting}: / full batch", fontsize=7)
+        ax.set_xlabel("w (blocks per iteration)", fontsize=7)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- run
+def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchReport:
+    """Run the benchmark (see the module docstring); returns the report.
+
+    The figure goes to ``figure_path`` (default ``results/oder.png``, or ``out/oder_quick.png``
+    with ``quick``).
+    """
+    if figure_path is None:
+        figure_path = "out/oder_quick.png" if quick else "results/oder.png"
+    Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    from deqir.physics.registry import build_operator
+
+    torch.manual_seed(0)
+    n_test = 3 if quick else 10
+    n_val = 2 if quick else 6
+    repeat = 1 if quick else 3
+    report = BenchReport(
+        "oder",
+        config={
+            "quick": quick,
+            "ct": "128², 90 angles, 50 dB input SNR, stratified minibatches (5 groups)",
+            "ct_heavy": "256², 360 angles, cost of one training step only (same network)",
+            "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
+            "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
+            "training": f"{TRAIN_ITERATIONS} Nesterov iterations + 3-step phantom gradient, batch 2",
+            "test_solvers": f"ODER: {TEST_ITERATIONS} Nesterov iterations; RED(DEQ): Anderson "
+            "(m=5, tol 1e-4, <=100); RED(Denoising): Anderson with the pretrained prior, tau tuned on val",
+            "tuning": "TV lambda and RED(Denoising) tau on the validation split only",
+            "test_images": n_test,
+            "val_images": n_val,
+            "cost_repeats": repeat,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    bar = tqdm(total=5, desc="bench oder", file=sys.stderr, leave=False)
+    figure: dict = {}
+    costs: dict = {}
+    # (a) CT quality
+    ct = build_operator("ct", image_size=128, num_angles=90)
+    real, real_keys = _real_ct(128)
+    test_sets = {
+        "test": _images("ct_phantoms+brain", "test", n_test),
+        "real_ct": real[: (1 if quick else None)],
+    }
+    ct_names = {
+        "prior": "oder_ct_prior",
+        "red_deq": "oder_ct_red_deq",
+        "w30": "oder_ct_w30",
+        "w10": "oder_ct_w10",
+    }
+    ct_q = _quality(
+        "ct",
+        ct,
+        ct_names,
+        test_sets,
+        _images("ct_phantoms+brain", "val", n_val),
+        50.0,
+        "fbp",
+        {"red_deq": None, "w30": 30, "w10": 10},
+        report,
+        figure,
+    )
+    report.config["real_ct_images"] = real_keys
+    bar.update(1)
+    # (a) CT cost at 128²
+    net = load_shipped("oder_ct_w30").network
+    x_cost = _images("ct_phantoms+brain", "test", 2)
+    costs["ct 128², b=90"] = _cost_rows(
+        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", (10, 30, 90), repeat, report
+    )
+    bar.update(1)
+    # (b) heavy CT
+    heavy = build_operator("ct", image_size=256, num_angles=360)
+    x_heavy = _images("ct_phantoms+brain", "test", 2, size=256)
+    costs["ct 256², b=360"] = _cost_rows(
+        "ct", "ct_256_360", heavy, net, x_heavy, 50.0, "fbp", (30, 60, 120, 360), repeat, report
+    )
+    bar.update(1)
+    # (c) MRI
+    mri = build_operator("mri_multi", image_size=128, num_coils=8, acceleration=4)
+    mri_names = {
+        "prior": "oder_mri_prior",
+        "red_deq": "oder_mri_red_deq",
+        "w4": "oder_mri_w4",
+        "w2": "oder_mri_w2",
+    }
+    mri_q = _quality(
+        "mri",
+        mri,
+        mri_names,
+        {"test": _images("brain", "test", n_test)},
+        _images("brain", "val", n_val),
+        40.0,
+        "zero_filled",
+        {"red_deq": None, "w4": 4, "w2": 2},
+        report,
+        figure,
+    )
+    bar.update(1)
+    mri_net = load_shipped("oder_mri_w4").network
+    costs["mri 128², b=8 coils"] = _cost_rows(
+        "mri",
+        "mri_128_8",
+        mri,
+        mri_net,
+        _images("brain", "test", 2),
+        40.0,
+        "zero_filled",
+        (2, 4, 8),
+        repeat,
+        report,
+    )
+    bar.update(1)
+    bar.close()
+    c, h, m = costs["ct 128², b=90"], costs["ct 256², b=360"], ct_q["test"]
+    s = report.summary
+    s["ct_snr_red_deq"] = m["red_deq"]
+    s["ct_snr_oder_w30"] = m["oder_w30"]
+    s["ct_snr_oder_w10"] = m["oder_w10"]
+    s["ct_snr_gap_db"] = m["red_deq"] - m["oder_w30"]
+    s["ct_oder_minus_red_denoising_db"] = m["oder_w30"] - m["red_denoising"]
+    s["ct_oder_minus_tv_db"] = m["oder_w30"] - m["tv"]
+    s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
+    if "real_ct" in ct_q:
+        s["real_ct_snr_gap_db"] = ct_q["real_ct"]["red_deq"] - ct_q["real_ct"]["oder_w30"]
+    s["ct_operator_applications_ratio"] = (
+        c[30]["operator_block_applications"] / c[90]["operator_block_applications"]
+    )
+    s["ct_step_time_ratio"] = c[30]["step_seconds"] / c[90]["step_seconds"]
+    s["heavy_step_time_ratio"] = h[120]["step_seconds"] / h[360]["step_seconds"]
+    s["heavy_memory_ratio"] = h[120]["peak_bytes"] / max(h[360]["peak_bytes"], 1)
+    s["heavy_saved_bytes_ratio"] = h[120]["saved_bytes"] / max(h[360]["saved_bytes"], 1)
+    s["heavy_operator_share_full"] = h[360]["operator_share"]
+    s["heavy_test_time_ratio"] = h[120]["test_seconds_per_image"] / h[360]["test_seconds_per_image"]
+    s["mri_snr_gap_db"] = mri_q["test"]["red_deq"] - mri_q["test"]["oder_w4"]  # w = b/2
+    s["mri_snr_gap_w2_db"] = mri_q["test"]["red_deq"] - mri_q["test"]["oder_w2"]
+    if figure_path is not None:
+        path = _figure(figure, costs, Path(figure_path))
+        if path is not None:
+            report.config["figure"] = str(path)
+    return report
