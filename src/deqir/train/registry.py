@@ -49,6 +49,7 @@ MODELS: dict[str, str | Callable[..., nn.Module]] = {
 }
 METHODS: dict[str, str | Callable[..., nn.Module]] = {
     "red_equilibrium": "deqir.methods.equilibrium:build_red_equilibrium",
+    "elder": "deqir.methods.elder:build_elder",
 }
 
 
