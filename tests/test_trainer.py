@@ -440,3 +440,15 @@ def test_cli_train_and_eval(tmp_path):
 
 def test_seeding_streams_differ():
     assert seeding.derive_seed(1, seeding.DATA, 0, 0) != seeding.derive_seed(1, seeding.TASK, 0, 0)
+
+
+def test_fixed_sigma_denoiser_without_noise_input_is_not_given_sigma():
+    from deqir.priors.drunet import SmoothResUNet
+    from deqir.train.tasks import DenoisingTask
+
+    task = DenoisingTask(sigma=0.1)
+    net = SmoothResUNet(channels=(4, 8))
+    task.bind(net)
+    assert not task.accepts("sigma")
+    s = task.simulate(torch.rand(1, 1, 16, 16), seed=0, step=0, indices=[0])
+    assert task.predict(net, s).shape == (1, 1, 16, 16)

@@ -82,6 +82,8 @@ class Task:
         names = {p.name for p in params.values()}
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             names.add("**")
+        if getattr(model, "noise_level_input", True) is False:
+            names.discard("sigma")  # a denoiser built without a noise-level input ignores sigma
         self._model_params = names
 
     def accepts(self, name: str) -> bool:
