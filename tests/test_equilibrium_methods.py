@@ -156,3 +156,15 @@ def test_bench_cost_meter_counts_blocks_exactly(batch):
     assert costs[10]["operator_block_applications"] / costs[30]["operator_block_applications"] == 10 / 30
     assert costs[30]["saved_bytes"] > 0 and 0 < costs[30]["operator_share"] < 1
     assert len(report.rows) == 2
+
+
+def test_tail_averaging_only_at_test_time_for_stochastic_maps(ct, batch):
+    _, y, x0 = batch
+    model = REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=6, test_average=4)
+    with torch.no_grad():
+        model(y, ct, init=x0)
+    assert model.block_applications == 2 * 10 * (6 + 4)
+    full = REDEquilibrium(_net(), mode="deq", solver="plain", tol=0.0, max_iter=6, test_average=4)
+    with torch.no_grad():
+        full(y, ct, init=x0)
+    assert full.block_applications == 2 * 30 * 6  # a deterministic map is not averaged

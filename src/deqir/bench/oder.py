@@ -39,11 +39,20 @@ import torch
 from deqir.bench.common import BenchReport
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-CT_RUNS = ("oder_ct_prior", "oder_ct_red_deq", "oder_ct_w30", "oder_ct_w10")
+CT_RUNS = (
+    "oder_ct_prior",
+    "oder_ct_red_deq",
+    "oder_ct_w30",
+    "oder_ct_w10",
+    "oder_ct_unfold",
+    "oder_ct_unet_post",
+)
 MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
-TEST_ITERATIONS = 100  # Nesterov iterations of ODER at test time (the paper: 180 at 512²)
-TRAIN_ITERATIONS = 20  # forward iterations of one training step (as in the configs)
-RED_DENOISING_TAUS = (0.02, 0.05, 0.1, 0.2, 0.5)
+TEST_ITERATIONS = 40  # Nesterov iterations at test time, as in training (the paper: 180 at 512²)
+TRAIN_ITERATIONS = 40  # forward iterations of one training step (as in the configs)
+TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging; 0 for full batch)
+STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
+RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -130,7 +139,7 @@ def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
 
 
 def _init(op, y: torch.Tensor, kind: str) -> torch.Tensor:
-    x = op.fbp(y, filter="hann") if kind == "fbp" else op.zero_filled(y)
+    x = op.fbp(y) if kind == "fbp" else op.zero_filled(y)  # as the trainer initialises
     x = x.abs() if x.is_complex() else x
     return x.clamp_min(0)
 
@@ -145,6 +154,7 @@ def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
 
 def _configure(model, *, mode: str, solver: str, iterations: int, minibatch: int | None = None, tol=1e-4):
     model.mode, model.solver_name, model.max_iter, model.tol = mode, solver, iterations, tol
+    model.test_average = TEST_AVERAGE
     model.minibatch = minibatch
     model._sampler = None
     return model
@@ -157,13 +167,22 @@ def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
     return out, (time.perf_counter() - t0) / y.shape[0]
 
 
-def _red_denoising(prior_net, op, val_x, val_y, val_x0):
-    """RED with the pretrained prior only; τ tuned on the validation images."""
+def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_ITERATIONS):
+    """RED with the pretrained prior only (Nesterov, fixed iterations); τ tuned on validation images."""
     from deqir.methods.equilibrium import REDEquilibrium
 
     best = None
     for tau in RED_DENOISING_TAUS:
-        m = REDEquilibrium(prior_net, mode="deq", tau=tau, learn_parameters=False, max_iter=100, tol=1e-4)
+        m = REDEquilibrium(
+            prior_net,
+            mode="deq",
+            tau=tau,
+            step=STEP,
+            learn_parameters=False,
+            solver="nesterov",
+            max_iter=iterations,
+            tol=0.0,
+        )
         out, _ = _reconstruct(m, op, val_y, val_x0)
         score = _scores(out, val_x)["psnr"]
         if best is None or score > best[0]:
@@ -182,6 +201,7 @@ def _quality(
     variants: dict[str, int | None],
     report: BenchReport,
     figure: dict,
+    quick: bool = False,
 ) -> dict[str, dict[str, float]]:
     from deqir.methods.baselines import run_baseline, tune_hyperparameters
 
@@ -191,6 +211,9 @@ def _quality(
     tv = tune_hyperparameters(op, "tv", val_x, noise_snr_db=snr_db, seed=1)
     prior = load_shipped(names["prior"])
     red_den, tau = _red_denoising(prior, op, val_x, val_y, val_x0)
+    red_den_long = tau_long = None
+    if not quick:
+        red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, iterations=100)
     models = {v: load_shipped(names[v]) for v in variants}
     results: dict[str, dict[str, float]] = {}
     for set_name, x in test_sets.items():
@@ -204,6 +227,8 @@ def _quality(
         t0 = time.perf_counter()
         recs["tv"] = (run_baseline(op, y, "tv", params=tv.best).x, (time.perf_counter() - t0) / x.shape[0])
         recs["red_denoising"] = _reconstruct(red_den, op, y, x0)
+        if red_den_long is not None:
+            recs["red_denoising_100it"] = _reconstruct(red_den_long, op, y, x0)
         b = op.num_blocks
         for v, w in variants.items():
             m = models[v]
@@ -224,6 +249,15 @@ def _quality(
                     y,
                     x0,
                 )
+        for extra in ("unfold", "unet_post"):
+            if extra in names and (WEIGHTS_DIR / f"{names[extra]}.safetensors").is_file():
+                model = load_shipped(names[extra])
+                if extra == "unfold":
+                    recs["red_unfold"] = _reconstruct(model, op, y, x0)
+                else:
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        recs["unet_post"] = (model(x0), (time.perf_counter() - t0) / x.shape[0])
         for method, (out, seconds) in recs.items():
             s = _scores(out, x)
             results.setdefault(set_name, {})[method] = s["snr"]
@@ -237,7 +271,11 @@ def _quality(
                 psnr=s["psnr"],
                 ssim=s["ssim"],
                 seconds_per_image=seconds,
-                params={"tv": tv.best, "red_denoising": {"tau": tau}}.get(method),
+                params={
+                    "tv": tv.best,
+                    "red_denoising": {"tau": tau},
+                    "red_denoising_100it": {"tau": tau_long},
+                }.get(method),
             )
         if set_name == "test":
             figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}
@@ -352,6 +390,7 @@ def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, rep
             minibatch=None if mode == "deq" else w,
             solver="nesterov",
             max_iter=TRAIN_ITERATIONS,
+            step=STEP,
             tol=0.0,
             adjoint="phantom",
             phantom_steps=3,
@@ -432,8 +471,8 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
-    n_test = 3 if quick else 10
-    n_val = 2 if quick else 6
+    n_test = 2 if quick else 10
+    n_val = 1 if quick else 6
     repeat = 1 if quick else 3
     report = BenchReport(
         "oder",
@@ -444,8 +483,10 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
             "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
             "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
             "training": f"{TRAIN_ITERATIONS} Nesterov iterations + 3-step phantom gradient, batch 2",
-            "test_solvers": f"ODER: {TEST_ITERATIONS} Nesterov iterations; RED(DEQ): Anderson "
-            "(m=5, tol 1e-4, <=100); RED(Denoising): Anderson with the pretrained prior, tau tuned on val",
+            "test_solvers": f"ODER, RED(DEQ) (= w = b) and RED(Denoising): {TEST_ITERATIONS} Nesterov "
+            f"iterations, as in training; ODER then averages {TEST_AVERAGE} further iterations "
+            "(tail averaging) (red_deq_anderson: the full-batch map by Anderson, m=5, tol 1e-4, "
+            "<=100; red_denoising_100it: the pretrained prior with 100 iterations, its own tuned tau)",
             "tuning": "TV lambda and RED(Denoising) tau on the validation split only",
             "test_images": n_test,
             "val_images": n_val,
@@ -480,21 +521,25 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
         {"red_deq": None, "w30": 30, "w10": 10},
         report,
         figure,
+        quick,
     )
     report.config["real_ct_images"] = real_keys
     bar.update(1)
     # (a) CT cost at 128²
     net = load_shipped("oder_ct_w30").network
-    x_cost = _images("ct_phantoms+brain", "test", 2)
+    cost_batch = 1 if quick else 2
+    x_cost = _images("ct_phantoms+brain", "test", cost_batch)
+    widths = (30, 90) if quick else (10, 30, 90)
     costs["ct 128², b=90"] = _cost_rows(
-        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", (10, 30, 90), repeat, report
+        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report
     )
     bar.update(1)
     # (b) heavy CT
     heavy = build_operator("ct", image_size=256, num_angles=360)
-    x_heavy = _images("ct_phantoms+brain", "test", 2, size=256)
+    x_heavy = _images("ct_phantoms+brain", "test", cost_batch, size=256)
+    widths = (120, 360) if quick else (30, 60, 120, 360)
     costs["ct 256², b=360"] = _cost_rows(
-        "ct", "ct_256_360", heavy, net, x_heavy, 50.0, "fbp", (30, 60, 120, 360), repeat, report
+        "ct", "ct_256_360", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report
     )
     bar.update(1)
     # (c) MRI
@@ -516,6 +561,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
         {"red_deq": None, "w4": 4, "w2": 2},
         report,
         figure,
+        quick,
     )
     bar.update(1)
     mri_net = load_shipped("oder_mri_w4").network
@@ -544,6 +590,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
     if "real_ct" in ct_q:
         s["real_ct_snr_gap_db"] = ct_q["real_ct"]["red_deq"] - ct_q["real_ct"]["oder_w30"]
+    s["cost_batch"] = cost_batch
     s["ct_operator_applications_ratio"] = (
         c[30]["operator_block_applications"] / c[90]["operator_block_applications"]
     )

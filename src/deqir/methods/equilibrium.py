@@ -83,6 +83,9 @@ class REDEquilibrium(nn.Module):
             backprop through ``k`` damped applications of the map from the detached fixed point;
             for ODER each application draws a fresh minibatch.
         nonnegative: project each iterate onto ``x ≥ 0``.
+        test_average: ODER without gradients (test time): run this many further iterations
+            after the solve and return their mean (tail averaging), which removes most of the
+            minibatch noise of the last iterate at ``w/b`` of a full iteration each. ``0``: off.
         seed: seed of the minibatch sampler.
     """
 
@@ -106,6 +109,7 @@ class REDEquilibrium(nn.Module):
         phantom_steps: int = 3,
         phantom_damping: float = 0.5,
         nonnegative: bool = True,
+        test_average: int = 0,
         seed: int = 0,
     ):
         super().__init__()
@@ -134,6 +138,7 @@ class REDEquilibrium(nn.Module):
         self.backward_max_iter, self.backward_tol = int(backward_max_iter), float(backward_tol)
         self.phantom_steps, self.phantom_damping = int(phantom_steps), float(phantom_damping)
         self.nonnegative = bool(nonnegative)
+        self.test_average = int(test_average)
         raw = torch.tensor([_inverse_softplus(float(step)), _inverse_softplus(max(float(tau), 1e-8))])
         if learn_parameters:
             self.raw_parameters = nn.Parameter(raw)
@@ -261,6 +266,12 @@ class REDEquilibrium(nn.Module):
             solver = self._solver()
         sol = fixed_point(f, x0, solver=solver, adjoint=self._adjoint())
         self.last_stats = sol.stats
+        if self.test_average > 0 and not torch.is_grad_enabled() and getattr(f, "stochastic", False):
+            z, total = sol.value, torch.zeros_like(sol.value)
+            for _ in range(self.test_average):
+                z = f(z)
+                total += z
+            return total / self.test_average
         return sol.value
 
     @torch.no_grad()
