@@ -6,6 +6,7 @@ Example:
     $ deqir train configs/denoiser_tiny.yaml
     $ deqir eval runs/denoiser_tiny
     $ deqir data --list
+    $ deqir weights list
     $ deqir reconstruct --task ct --input slice.dcm --out out/ct
 """
 
@@ -164,6 +165,33 @@ def evaluate(
     typer.echo(result["table"])
     for f in result["files"]:
         typer.echo(f"wrote {f}")
+
+
+@app.command()
+def weights(
+    action: str = typer.Argument(..., help="list (the shipped denoisers) or export (a training run)."),
+    run: Path = typer.Argument(None, help="With export: the run folder written by `deqir train`."),
+    name: str = typer.Option(None, "--name", help="With export: natural, ct or mri."),
+    out: Path = typer.Option(None, "--out", help="Folder of the weights (default: deqir/weights)."),
+    which: str = typer.Option("best", "--weights", help="With export: best or final weights of the run."),
+    dtype: str = typer.Option("auto", "--dtype", help="With export: auto, float32 or float16."),
+) -> None:
+    """List the pretrained denoisers, or export a denoiser run as shipped weights (`make weights`)."""
+    from deqir.errors import InvalidValueError
+    from deqir.priors.pretrained import export_weights, pretrained_table
+
+    if action == "list":
+        typer.echo(pretrained_table(out))
+    elif action == "export":
+        if run is None or name is None:
+            raise InvalidValueError("usage: deqir weights export RUN --name natural|ct|mri")
+        path = export_weights(run, name, out_dir=out, weights=which, dtype=dtype)
+        typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
+        typer.echo(pretrained_table(path.parent, names=[name]))
+    else:
+        raise InvalidValueError(
+            f"unknown action {action!r}; use `deqir weights list` or `deqir weights export RUN`"
+        )
 
 
 def main() -> None:

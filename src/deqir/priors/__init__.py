@@ -1,4 +1,4 @@
-"""Learned priors (networks): DnCNN, U-Nets and, later, explicit potentials and equilibrium cells.
+"""Learned priors (networks): DnCNN, U-Nets, pretrained denoisers and, later, explicit potentials.
 
 No physics here. Names load lazily, so ``import deqir.priors`` stays cheap.
 
@@ -20,5 +20,9 @@ _EXPORTS = {
     "SmoothResUNet": "drunet",
     "ScicoDnCNN": "scico_weights",
     "load_scico_dncnn": "scico_weights",
+    "list_pretrained": "pretrained",
+    "load_pretrained": "pretrained",
+    "pretrained_info": "pretrained",
+    "export_weights": "pretrained",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
