@@ -99,7 +99,15 @@ def reconstruct(
     input: Path = typer.Option(None, "--input", help="Image file to simulate measurements from."),
     measurements: Path = typer.Option(None, "--measurements", help="Measurement .npy file instead."),
     out: Path = typer.Option(Path("out/reconstruct"), "--out", help="Output folder."),
-    method: str = typer.Option(None, "--method", help="tikhonov, fbp, zero_filled (default: the task's)."),
+    method: str = typer.Option(
+        None,
+        "--method",
+        help="tikhonov, fbp, zero_filled, tv, pnp_pgm, pnp_admm, red_gd, red_fp (default: classical).",
+    ),
+    denoiser: str = typer.Option(
+        None, "--denoiser", help="For PnP/RED: natural, ct, mri, scico17 (default: the task's)."
+    ),
+    iterations: int = typer.Option(None, "--iterations", help="Iterations of an iterative method."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     noise_sigma: float = typer.Option(None, "--noise-sigma", help="Noise standard deviation."),
     noise_snr_db: float = typer.Option(None, "--noise-snr-db", help="Noise as input SNR in dB."),
@@ -118,6 +126,8 @@ def reconstruct(
         noise_sigma=noise_sigma,
         noise_snr_db=noise_snr_db,
         seed=seed,
+        denoiser=denoiser,
+        iterations=iterations,
     )
     if result["metrics"]:
         typer.echo(" ".join(f"{k}={v}" for k, v in result["metrics"].items()))

@@ -1,7 +1,13 @@
 """Reconstruct one image file (simulating its measurements) or one measurement file.
 
-What ``deqir reconstruct`` runs. With ``image=`` the image is read (PNG/TIFF/JPG, DICOM, NIfTI
-middle slice, fastMRI ``.h5``), made square, measured through the task's operator with Gaussian
+What ``deqir reconstruct`` runs. Methods (``--method``): the classical ``tikhonov``, ``fbp``,
+``zero_filled`` and the iterative baselines ``tv``, ``pnp_pgm``, ``pnp_admm``, ``red_gd``,
+``red_fp`` (:func:`deqir.methods.baselines.run_baseline`, default scale-free hyperparameters,
+iterates clipped to [0, 1]); the PnP/RED methods use ``--denoiser`` (``natural``, ``ct``, ``mri``,
+``scico17``; default: the task's domain, :data:`DEFAULT_DENOISERS`).
+
+With ``image=`` the image is read (PNG/TIFF/JPG, DICOM, NIfTI middle slice, fastMRI ``.h5``),
+made square, measured through the task's operator with Gaussian
 noise, and reconstructed; metrics against the image are reported. With ``measurements=`` (a
 ``.npy`` file holding one measurement ``measurement_shape`` or a batch of them) there is no ground
 truth and only the reconstruction is written.
@@ -25,6 +31,17 @@ import numpy as np
 import torch
 
 from deqir.errors import DataError, InvalidValueError, ShapeError, unknown_name_message
+
+#: The denoiser PnP/RED methods use by default for each task.
+DEFAULT_DENOISERS: dict[str, str] = {
+    "deblur": "natural",
+    "motion_deblur": "natural",
+    "superres": "natural",
+    "ct": "ct",
+    "mri": "mri",
+    "mri_radial": "mri",
+    "mri_multi": "mri",
+}
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ def reconstruct(
     noise_sigma: float | None = None,
     noise_snr_db: float | None = None,
     seed: int = 0,
+    denoiser: Any = None,
+    iterations: int | None = None,
 ) -> dict[str, Any]:
     """Reconstruct an image file (simulated measurements) or a ``.npy`` measurement file.
 
@@ -112,19 +131,26 @@ def reconstruct(
         out: output folder.
         image: image file to measure (give exactly one of ``image`` and ``measurements``).
         measurements: ``.npy`` measurements of the task's operator at ``size``.
-        method: reconstruction method (default: the task's classical one).
+        method: reconstruction method of :data:`deqir.methods.baselines.BASELINE_METHODS`
+            (default: the task's classical one).
         size: image side in pixels.
         noise_sigma, noise_snr_db: noise of simulated measurements (default: the task's).
         seed: seed of the noise.
+        denoiser: for ``pnp_pgm``, ``pnp_admm``, ``red_gd``, ``red_fp``: a name (``natural``,
+            ``ct``, ``mri``, ``scico17``), a torch module ``D(x, sigma)`` or a callable; default
+            the task's (:data:`DEFAULT_DENOISERS`).
+        iterations: iterations of an iterative method (default: the method's).
 
     Returns:
-        ``{"task", "method", "files": [...], "metrics": {...} or None}``.
+        ``{"task", "method", "files": [...], "metrics": {...} or None, "denoiser", "params",
+        "iterations"}``.
 
     Raises:
         InvalidValueError, DataError, ShapeError: bad arguments or files, with what to change.
     """
     from deqir.figures import Panel, as_picture, panel_grid
-    from deqir.methods.classical import classical_reconstruction
+    from deqir.methods.baselines import BASELINE_METHODS, DENOISER_METHODS, run_baseline
+    from deqir.methods.denoisers import DENOISER_NAMES, as_denoiser, denoiser_label
     from deqir.metrics import compute_metrics
     from deqir.physics.noise import GaussianNoise
     from deqir.physics.registry import build_operator
@@ -137,6 +163,14 @@ def reconstruct(
     if int(size) < 16:
         raise InvalidValueError(f"--size must be at least 16 pixels; got {size}")
     method = method or spec.default_method
+    if method not in BASELINE_METHODS:
+        raise InvalidValueError(unknown_name_message("method", method, BASELINE_METHODS))
+    D = None
+    if method in DENOISER_METHODS:
+        denoiser = DEFAULT_DENOISERS[task] if denoiser is None else denoiser
+        if isinstance(denoiser, str) and denoiser not in DENOISER_NAMES:
+            raise InvalidValueError(unknown_name_message("denoiser", denoiser, list(DENOISER_NAMES)))
+        D = as_denoiser(denoiser)
     op = build_operator(spec.operator, image_size=int(size))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +190,8 @@ def reconstruct(
         files.append(out / "measurements.npy")
     else:
         y = _read_measurements(Path(measurements), op)
-    x = classical_reconstruction(op, y, method, noise_sigma=sigma).clamp(0, 1)
+    result = run_baseline(op, y, method, denoiser=D, iterations=iterations, noise_sigma=sigma)
+    x = result.x.clamp(0, 1)
     np.save(out / "reconstruction.npy", x.numpy())
     files.append(out / "reconstruction.npy")
     metrics = None
@@ -167,7 +202,17 @@ def reconstruct(
         panels[1].title = f"{method}\nPSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
         panels = [Panel(as_picture(truth), "ground truth", limits=(0, 1)), *panels]
         panels.append(Panel(as_picture((x - truth).abs()), "|error|", cmap="magma", limits=(0, 0.25)))
-        record = {"task": task, "method": method, "image": str(image), "size": int(size), **metrics}
+        record = {
+            "task": task,
+            "method": method,
+            "image": str(image),
+            "size": int(size),
+            "denoiser": None if D is None else denoiser_label(denoiser),
+            "params": {k: v for k, v in result.params.items() if isinstance(v, int | float | str)},
+            "iterations": result.iterations,
+            "seconds": round(result.seconds, 3),
+            **metrics,
+        }
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
         (out / "metrics.md").write_text(
             "| task | method | PSNR | SNR | SSIM |\n|---|---|---:|---:|---:|\n"
@@ -175,4 +220,12 @@ def reconstruct(
         )
         files += [out / "metrics.json", out / "metrics.md"]
     files.append(panel_grid(out / "reconstruction.png", [panels]))
-    return {"task": task, "method": method, "files": [str(f) for f in files], "metrics": metrics}
+    return {
+        "task": task,
+        "method": method,
+        "files": [str(f) for f in files],
+        "metrics": metrics,
+        "denoiser": None if D is None else denoiser_label(denoiser),
+        "params": result.params,
+        "iterations": result.iterations,
+    }

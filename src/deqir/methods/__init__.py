@@ -1,5 +1,9 @@
 """Reconstruction methods composed from physics, priors and the engine.
 
+Baselines: classical (Tikhonov, FBP, zero-filled), TV (:func:`tv_reconstruction`), PnP-PGM,
+PnP-ADMM, RED-GD and RED-FP with a denoiser ``D(x, sigma)`` (:mod:`deqir.methods.pnp`), all by
+name through :func:`run_baseline`, tuned on validation images by :func:`tune_hyperparameters`.
+
 Example:
     >>> from deqir.methods import classical_reconstruction, CLASSICAL_METHODS
     >>> sorted(CLASSICAL_METHODS)
@@ -15,6 +19,30 @@ _EXPORTS = {
     "classical_reconstruction": "classical",
     "tikhonov_discrepancy": "classical",
     "estimate_noise_sigma": "classical",
+    # baselines
+    "BASELINE_METHODS": "baselines",
+    "DENOISER_METHODS": "baselines",
+    "run_baseline": "baselines",
+    "tune_hyperparameters": "baselines",
+    "TuningResult": "baselines",
+    "default_params": "baselines",
+    "simulate": "baselines",
+    "tv_reconstruction": "tv",
+    "total_variation": "tv",
+    "tv_objective": "tv",
+    "prox_tv": "tv",
+    "pnp_pgm": "pnp",
+    "pnp_admm": "pnp",
+    "red_gd": "pnp",
+    "red_fp": "pnp",
+    "BaselineResult": "common",
+    "initial_estimate": "common",
+    "data_step": "common",
+    "conjugate_gradient": "common",
+    "as_denoiser": "denoisers",
+    "BlindDenoiser": "denoisers",
+    "GaussianSmoother": "denoisers",
+    "DENOISER_NAMES": "denoisers",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,321 @@
+"""Benchmark of the classical, TV and PnP/RED baselines on the four tasks of issue 5.
+
+Tasks (test images from the fixed test splits; hyperparameters tuned on the validation splits
+with :func:`deqir.methods.baselines.tune_hyperparameters`, never on test images):
+
+* ``deblur``: 25 x 25 Gaussian blur (σ = 1.6), noise σ = 0.01, ``natural`` images;
+* ``ct``: parallel-beam CT, 90 angles, 50 dB input SNR, ``ct_phantoms`` and ``brain`` images
+  used as CT-like slices;
+* ``ct_real``: the same operator on the real ``ct`` slices (a test-only source: it reuses the
+  hyperparameters tuned for ``ct``);
+* ``mri_single``: single-coil MRI, 4x random Cartesian columns, 40 dB, ``brain`` images;
+* ``mri_multi``: 8-coil MRI, 4x, 40 dB, ``brain`` images.
+
+Methods: the task's classical reconstructions (Tikhonov by the discrepancy principle, FBP,
+zero-filled), TV (FISTA), PnP-PGM, PnP-ADMM, RED-GD and RED-FP with the domain's pretrained
+denoiser (``natural`` / ``ct`` / ``mri`` of :func:`deqir.priors.pretrained.load_pretrained`);
+where those weights are not installed the bench falls back to scico's DnCNN-17 (``scico17``) and
+says so in ``config["denoisers"]`` and in every row. Every reconstruction is clipped to [0, 1]
+before scoring.
+
+Rows: one per task and method: mean PSNR / SNR / SSIM, mean iterations and seconds per image,
+the tuned hyperparameters. Summary per task: ``<task>_best_pnp_red_psnr``, ``<task>_tv_psnr``,
+``<task>_classical_psnr`` (the best classical method), ``<task>_pnp_red_above_tv`` and
+``<task>_tv_above_classical`` (1 or 0), plus ``denoisers_pretrained`` (1 when every task used
+deqir's shipped denoisers).
+
+Figure: one PNG grid (rows: tasks; columns: ground truth, best classical, TV, best PnP/RED,
+its error). The bench cannot see the ``--json`` path the CLI saves to, so it reads it from the
+command line when present (``--json out/x.json`` gives ``out/x.png``), and otherwise writes
+``results/baselines.png`` (``results/baselines_quick.png`` with ``quick``); the path is in
+``config["figure"]``.
+
+Example:
+    $ deqir bench baselines --quick --json results/baselines_quick.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deqir.bench.common import BenchReport
+
+PNP_RED = ("pnp_pgm", "pnp_admm", "red_gd", "red_fp")
+
+#: Task definitions: operator, data, noise, classical methods and the domain's denoiser.
+TASKS: dict[str, dict[str, Any]] = {
+    "deblur": {
+        "operator": "blur",
+        "test": ("natural",),
+        "val": ("natural",),
+        "noise": {"noise_sigma": 0.01},
+        "classical": ("tikhonov",),
+        "denoiser": "natural",
+    },
+    "ct": {
+        "operator": "ct",
+        "test": ("ct_phantoms", "brain"),
+        "val": ("ct_phantoms", "brain"),
+        "noise": {"noise_snr_db": 50.0},
+        "classical": ("fbp",),
+        "denoiser": "ct",
+    },
+    "ct_real": {
+        "operator": "ct",
+        "test": ("ct",),
+        "val": None,  # the real slices have no validation split: reuse the "ct" tuning
+        "tuned_as": "ct",
+        "noise": {"noise_snr_db": 50.0},
+        "classical": ("fbp",),
+        "denoiser": "ct",
+    },
+    "mri_single": {
+        "operator": "mri_single",
+        "test": ("brain",),
+        "val": ("brain",),
+        "noise": {"noise_snr_db": 40.0},
+        "classical": ("zero_filled", "tikhonov"),
+        "denoiser": "mri",
+    },
+    "mri_multi": {
+        "operator": "mri_multi",
+        "test": ("brain",),
+        "val": ("brain",),
+        "noise": {"noise_snr_db": 40.0},
+        "classical": ("zero_filled",),
+        "denoiser": "mri",
+    },
+}
+
+FULL = {
+    "size": 128,
+    "test_images": 3,
+    "val_images": 2,
+    "iterations": {"tv": 200, "pnp_pgm": 50, "pnp_admm": 30, "red_gd": 60, "red_fp": 30},
+    # DEFAULT_GRIDS trimmed to what a shared 2-core CPU affords, using the 64² pilot runs:
+    # PnP-PGM's gamma 1.9 and RED's sigma 0.02 won (or tied) on every task there
+    "grids": {
+        "tv": {"lam": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]},
+        "pnp_pgm": {"gamma": [1.9], "sigma": [0.01, 0.02, 0.04]},
+        "pnp_admm": {"gamma": [64.0, 256.0], "sigma": [0.0025, 0.005, 0.01]},
+        "red_gd": {"sigma": [0.02], "tau": [0.001, 0.003, 0.01]},
+        "red_fp": {"sigma": [0.02], "tau": [0.001, 0.003, 0.01]},
+    },
+}
+
+
+QUICK = {
+    "size": 64,
+    "test_images": 1,
+    "val_images": 1,
+    "iterations": {"tv": 100, "pnp_pgm": 15, "pnp_admm": 10, "red_gd": 30, "red_fp": 10},
+    "grids": {
+        "tv": {"lam": [1e-5, 1e-4, 1e-3]},
+        "pnp_pgm": {"gamma": [1.9], "sigma": [0.005, 0.02]},
+        "pnp_admm": {"sigma": [0.005, 0.02]},
+        "red_gd": {"tau": [0.003, 0.01]},
+        "red_fp": {"tau": [0.003, 0.03]},
+    },
+}
+
+
+def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = None) -> BenchReport:
+    """Run the benchmark (``quick``: 64², one validation and one test image per task, short grids).
+
+    Args:
+        quick: the reduced version (under a minute).
+        denoiser: use this denoiser (name, module or callable) for every task instead of the
+            domain's pretrained one.
+        figure: where to write the PNG grid (default: see the module docstring).
+
+    Example:
+        >>> from deqir.bench.baselines import run
+        >>> report = run(quick=True)  # doctest: +SKIP
+        >>> report.summary["deblur_tv_above_classical"]  # doctest: +SKIP
+        1
+    """
+    setup = QUICK if quick else FULL
+    size = setup["size"]
+    figure_path = _figure_path(quick) if figure is None else Path(figure)
+    report = BenchReport(
+        "baselines",
+        config={
+            "quick": quick,
+            "image_size": size,
+            "test_images_per_task": setup["test_images"],
+            "val_images_per_task": setup["val_images"],
+            "iterations": setup["iterations"],
+            "grids": setup["grids"],
+            "tuning": "coordinate search on the validation split by mean PSNR (clipped to [0, 1])",
+            "tasks": {
+                k: {kk: v[kk] for kk in ("operator", "test", "noise", "classical")} for k, v in TASKS.items()
+            },
+            "denoisers": {},
+            "figure": str(figure_path),
+            "dtype": "float32",
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    tuned: dict[str, dict[str, dict[str, float]]] = {}
+    figure_rows = []
+    pretrained_everywhere = True
+    for task, spec in TASKS.items():
+        print(f"baselines: {task} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+        D, label, pretrained = _denoiser_for(spec["denoiser"], denoiser)
+        pretrained_everywhere &= pretrained
+        report.config["denoisers"][task] = label
+        outcome = _run_task(task, spec, setup, D, label, tuned)
+        for row in outcome["rows"]:
+            report.add_row(**row)
+        report.summary.update(outcome["summary"])
+        figure_rows.append(outcome["figure"])
+    report.summary["denoisers_pretrained"] = int(pretrained_everywhere)
+    try:
+        _save_figure(figure_path, figure_rows)
+    except Exception as err:  # a figure must never lose the numbers
+        report.config["figure"] = f"not written: {type(err).__name__}: {err}"
+    return report
+
+
+# --------------------------------------------------------------------------- pieces
+def _figure_path(quick: bool) -> Path:
+    argv = sys.argv
+    if "--json" in argv:
+        i = argv.index("--json")
+        if i + 1 < len(argv):
+            return Path(argv[i + 1]).with_suffix(".png")
+    return Path("results") / ("baselines_quick.png" if quick else "baselines.png")
+
+
+def _denoiser_for(domain: str, override: Any) -> tuple[Any, str, bool]:
+    """The task's denoiser, its label and whether it is deqir's shipped one."""
+    from deqir.errors import DeqirError
+    from deqir.methods.denoisers import as_denoiser, denoiser_label
+
+    if override is not None:
+        return as_denoiser(override), denoiser_label(override), False
+    try:
+        return as_denoiser(domain), f"pretrained:{domain}", True
+    except (DeqirError, ImportError):
+        return as_denoiser("scico17"), f"scico17 (stand-in: no '{domain}' weights)", False
+
+
+def _images(sources: tuple[str, ...], split: str, size: int, count: int) -> torch.Tensor:
+    from deqir.data import build_dataset
+
+    per = max(1, count // len(sources))
+    parts = []
+    for i, src in enumerate(sources):
+        n = count - per * (len(sources) - 1) if i == len(sources) - 1 else per
+        ds = build_dataset(src, size)[split]
+        parts.append(ds.stack()[:n])
+    return torch.cat(parts).float()
+
+
+def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
+    from deqir.methods.baselines import run_baseline, simulate, tune_hyperparameters
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    size, iters, grids = setup["size"], setup["iterations"], setup["grids"]
+    op = build_operator(spec["operator"], image_size=size)
+    noise = spec["noise"]
+    if spec.get("tuned_as"):
+        params = tuned[spec["tuned_as"]]
+    else:
+        val = _images(spec["val"], "val", size, setup["val_images"])
+        params = {}
+        for method in ("tv", *PNP_RED):
+            res = tune_hyperparameters(
+                op,
+                method,
+                val,
+                denoiser=D if method in PNP_RED else None,
+                grid=None if grids is None else grids[method],
+                iterations=iters[method],
+                seed=1,
+                **noise,
+            )
+            params[method] = res.best
+        tuned[task] = params
+    truth = _images(spec["test"], "test", size, setup["test_images"])
+    y = simulate(op, truth, seed=0, **noise)
+    sigma_entry = float((y - op.A(truth)).abs().pow(2).mean().sqrt())
+    rows, results = [], {}
+    for method in (*spec["classical"], "tv", *PNP_RED):
+        res = run_baseline(
+            op,
+            y,
+            method,
+            denoiser=D if method in PNP_RED else None,
+            params=params.get(method),
+            iterations=iters.get(method),
+            noise_sigma=sigma_entry,
+        )
+        x = res.x.clamp(0, 1)
+        m = compute_metrics(x, truth)
+        results[method] = (float(m["psnr"].mean()), x)
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "kind": "classical"
+                if method in spec["classical"]
+                else ("tv" if method == "tv" else "pnp_red"),
+                "denoiser": label if method in PNP_RED else None,
+                "psnr": float(m["psnr"].mean()),
+                "snr": float(m["snr"].mean()),
+                "ssim": float(m["ssim"].mean()),
+                "iterations": res.iterations,
+                "seconds_per_image": res.seconds / truth.shape[0],
+                "images": int(truth.shape[0]),
+                "size": size,
+                "params": json.dumps({k: v for k, v in (params.get(method) or {}).items()}),
+            }
+        )
+    best_classical = max(spec["classical"], key=lambda k: results[k][0])
+    best_pnp = max(PNP_RED, key=lambda k: results[k][0])
+    for row in rows:
+        row["best_in_kind"] = row["method"] in (best_classical, best_pnp) or row["method"] == "tv"
+    p_pnp, p_tv, p_cl = results[best_pnp][0], results["tv"][0], results[best_classical][0]
+    summary = {
+        f"{task}_best_pnp_red_psnr": round(p_pnp, 3),
+        f"{task}_tv_psnr": round(p_tv, 3),
+        f"{task}_classical_psnr": round(p_cl, 3),
+        f"{task}_pnp_red_above_tv": int(p_pnp > p_tv),
+        f"{task}_tv_above_classical": int(p_tv > p_cl),
+    }
+    fig = {
+        "task": task,
+        "truth": truth[:1],
+        "panels": [
+            (best_classical, results[best_classical]),
+            ("tv", results["tv"]),
+            (best_pnp, results[best_pnp]),
+        ],
+    }
+    return {"rows": rows, "summary": summary, "figure": fig}
+
+
+def _save_figure(path: Path, rows: list[dict[str, Any]]) -> Path:
+    from deqir.figures import Panel, as_picture, panel_grid
+
+    grid = []
+    for r in rows:
+        truth = r["truth"]
+        line = [Panel(as_picture(truth), f"{r['task']}: ground truth", limits=(0, 1))]
+        for name, (value, x) in r["panels"]:
+            line.append(Panel(as_picture(x[:1]), f"{name}\n{value:.2f} dB (mean)", limits=(0, 1)))
+        best_x = r["panels"][-1][1][1][:1]
+        line.append(
+            Panel(as_picture((best_x - truth).abs()), "|error| best PnP/RED", cmap="magma", limits=(0, 0.25))
+        )
+        grid.append(line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return panel_grid(path, grid)
