@@ -37,9 +37,15 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/deqir bench operators --json results/operators.json
+	$(BIN)/deqir bench solvers --json results/solvers.json
+	$(BIN)/deqir bench denoisers --json results/denoisers.json
+	$(BIN)/deqir bench baselines --json results/baselines.json
+	$(BIN)/deqir bench oder --json results/oder.json
 
 bench-quick: $(VENV)/.bench-installed
-	$(BIN)/deqir bench operators --quick --json out/operators-quick.json
+	for b in operators solvers denoisers baselines oder; do \
+	  $(BIN)/deqir bench $$b --quick --json out/$$b-quick.json || exit 1; \
+	done
 
 # The shipped pretrained denoisers (src/deqir/weights/denoiser_{natural,ct,mri}.*) from the
 # committed configs: train each one (about 35 + 8 + 8 minutes on two CPU cores), then export its
@@ -56,3 +62,16 @@ weights: $(STAMP)
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
+
+# ODER (issue 6): pretrain the RED priors, fine-tune RED(DEQ), ODER (w = 30, 10 of 90 angles;
+# 4, 2 of 8 coils), RED(Unfold) and the U-Net post-processing baseline from configs/oder_*.yaml,
+# export them into src/deqir/weights/, then benchmark (about 75 minutes on two CPU cores).
+ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
+            oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post
+.PHONY: oder
+oder: $(STAMP)
+	for c in $(ODER_RUNS); do \
+	  rm -rf runs/$$c && OMP_NUM_THREADS=1 $(BIN)/deqir train configs/$$c.yaml --device cpu || exit 1; \
+	done
+	$(BIN)/python -c "from deqir.bench.oder import export_all; print(*export_all(), sep='\n')"
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder --json results/oder.json
