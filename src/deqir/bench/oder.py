@@ -506,8 +506,8 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
 
     torch.manual_seed(0)
     exact_malloc = _fix_malloc_threshold()
-    n_test = 2 if quick else 10
-    n_val = 1 if quick else 6
+    n_test = 2 if quick else 6
+    n_val = 1 if quick else 4
     repeat = 1 if quick else 3
     report = BenchReport(
         "oder",
@@ -575,9 +575,9 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     # (b) heavy CT
     heavy = build_operator("ct", image_size=256, num_angles=720)
     x_heavy = _images("ct_phantoms+brain", "test", cost_batch, size=256)
-    widths = (120, 360) if quick else (30, 60, 120, 360)
-    costs["ct 256², b=360"] = _cost_rows(
-        "ct", "ct_256_360", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report
+    widths = (240, 720) if quick else (60, 120, 240, 720)
+    costs["ct 256², b=720"] = _cost_rows(
+        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report
     )
     bar.update(1)
     # (c) MRI
