@@ -547,6 +547,8 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
         "red_deq": "oder_ct_red_deq",
         "w30": "oder_ct_w30",
         "w10": "oder_ct_w10",
+        "unfold": "oder_ct_unfold",
+        "unet_post": "oder_ct_unet_post",
     }
     ct_q = _quality(
         "ct",
