@@ -22,14 +22,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from deqir.errors import DTypeError, InvalidValueError, unknown_name_message
+from deqir.physics.linalg import conjugate_gradient
 
 #: Data-step modes of :func:`data_step`.
 DATA_STEPS = ("auto", "prox", "cg")
@@ -108,6 +109,17 @@ def lipschitz(op) -> float:
     return cached
 
 
+def inverse_softplus(value: float) -> float:
+    """The raw parameter whose softplus is ``value`` (> 0): how positive learnable weights start.
+
+    Example:
+        >>> import torch
+        >>> round(float(torch.nn.functional.softplus(torch.tensor(inverse_softplus(0.3)))), 6)
+        0.3
+    """
+    return value + math.log(-math.expm1(-value))
+
+
 def _real_dtype_of(y: torch.Tensor) -> torch.dtype:
     return y.real.dtype if y.is_complex() else y.dtype
 
@@ -148,47 +160,6 @@ def initial_estimate(op, y: torch.Tensor) -> torch.Tensor:
         num = (ax.conj() * y).real.flatten(1).sum(1) if ax.is_complex() else (ax * y).flatten(1).sum(1)
         den = ax.abs().pow(2).flatten(1).sum(1).clamp_min(1e-30)
         return x * (num / den).reshape(-1, *([1] * (x.dim() - 1)))
-
-
-def conjugate_gradient(
-    normal: Callable[[torch.Tensor], torch.Tensor],
-    rhs: torch.Tensor,
-    x0: torch.Tensor,
-    tol: float = 1e-6,
-    max_iter: int = 50,
-) -> torch.Tensor:
-    """Solve ``normal(x) = rhs`` (symmetric positive definite) per batch element by CG.
-
-    Stops when every element's residual norm is below ``tol`` times its right-hand side's.
-
-    Example:
-        >>> import torch
-        >>> b = torch.ones(2, 3)
-        >>> x = conjugate_gradient(lambda v: 2 * v, b, torch.zeros(2, 3))
-        >>> round(float(x[0, 0]), 6)
-        0.5
-    """
-
-    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a * b).flatten(1).sum(1)
-
-    shape = (-1, *([1] * (rhs.dim() - 1)))
-    x = x0
-    r = rhs - normal(x)
-    p = r
-    rs = dot(r, r)
-    stop = (tol**2) * dot(rhs, rhs).clamp_min(1e-300)
-    for _ in range(int(max_iter)):
-        if bool((rs <= stop).all()):
-            break
-        ap = normal(p)
-        alpha = rs / dot(p, ap).clamp_min(1e-300)
-        x = x + alpha.reshape(shape) * p
-        r = r - alpha.reshape(shape) * ap
-        rs_new = dot(r, r)
-        p = r + (rs_new / rs.clamp_min(1e-300)).reshape(shape) * p
-        rs = rs_new
-    return x
 
 
 def data_step(

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from deqir.errors import ConfigError, InvalidValueError, unknown_name_message
+from deqir.methods.common import inverse_softplus
 
 POTENTIALS = ("gradient_step", "red", "scalar", "implicit")
 SOLVERS = ("anderson", "plain", "nesterov")
@@ -568,10 +569,6 @@ def proximal_gradient(
 
 
 # --------------------------------------------------------------------------- learned model
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
-
-
 class ELDER(nn.Module):
     """ELDER (or the implicit baseline) as a learned reconstruction ``forward(y, physics, init)``.
 
@@ -680,7 +677,7 @@ class ELDER(nn.Module):
         self.backtracking, self.momentum = bool(backtracking), bool(momentum)
         self.gamma_bt, self.max_backtracks = float(gamma_bt), int(max_backtracks)
         self.nonnegative, self.data_step = bool(nonnegative), data_step
-        raw = torch.tensor([_inverse_softplus(float(lam)), _inverse_softplus(float(tau))])
+        raw = torch.tensor([inverse_softplus(float(lam)), inverse_softplus(float(tau))])
         if learn_parameters:
             self.raw_parameters = nn.Parameter(raw)
         else:

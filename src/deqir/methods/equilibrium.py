@@ -40,21 +40,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from deqir.errors import InvalidValueError, unknown_name_message
+from deqir.methods.common import inverse_softplus, lipschitz
 
 MODES = ("deq", "oder", "unfold")
 SOLVERS = ("anderson", "nesterov", "plain")
 ADJOINTS = ("implicit", "jfb", "phantom")
-
-
-def _inverse_softplus(value: float) -> float:
-    return value + math.log(-math.expm1(-value))
 
 
 class REDEquilibrium(nn.Module):
@@ -139,14 +135,13 @@ class REDEquilibrium(nn.Module):
         self.phantom_steps, self.phantom_damping = int(phantom_steps), float(phantom_damping)
         self.nonnegative = bool(nonnegative)
         self.test_average = int(test_average)
-        raw = torch.tensor([_inverse_softplus(float(step)), _inverse_softplus(max(float(tau), 1e-8))])
+        raw = torch.tensor([inverse_softplus(float(step)), inverse_softplus(max(float(tau), 1e-8))])
         if learn_parameters:
             self.raw_parameters = nn.Parameter(raw)
         else:
             self.register_buffer("raw_parameters", raw)
         self.block_applications = 0
         self.last_stats: Any = None
-        self._norms: dict[int, float] = {}
         self._sampler: Any = None
 
     # ------------------------------------------------------------------ pieces of the map
@@ -161,11 +156,8 @@ class REDEquilibrium(nn.Module):
         return nn.functional.softplus(self.raw_parameters[1])
 
     def lipschitz(self, physics) -> float:
-        """``L = ‖A‖²`` of ``physics`` (power method, cached per operator object)."""
-        key = id(physics)
-        if key not in self._norms:
-            self._norms[key] = float(physics.norm()) ** 2
-        return self._norms[key]
+        """``L = ‖A‖²`` of ``physics`` (power method, cached per operator)."""
+        return lipschitz(physics)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``R_θ(x) = x − D_θ(x)``."""

@@ -529,27 +529,10 @@ class MultiCoilMRI(LinearOperator):
         def normal(v):
             return g * self._adjoint(self._forward(v, None), None) + v
 
-        def dot(a, b):
-            return (a.conj() * b).real.flatten(1).sum(1) if a.is_complex() else (a * b).flatten(1).sum(1)
+        from deqir.physics.linalg import conjugate_gradient
 
-        shape = (-1, *([1] * (z.dim() - 1)))
         rhs = g * self._adjoint(y, None) + z
-        x = z
-        r = rhs - normal(x)
-        p = r
-        rs = dot(r, r)
-        stop = (tol**2) * dot(rhs, rhs).clamp_min(1e-300)
-        for _ in range(int(max_iter)):
-            if bool((rs <= stop).all()):
-                break
-            ap = normal(p)
-            alpha = rs / dot(p, ap).clamp_min(1e-300)
-            x = x + alpha.reshape(shape) * p
-            r = r - alpha.reshape(shape) * ap
-            rs_new = dot(r, r)
-            p = r + (rs_new / rs.clamp_min(1e-300)).reshape(shape) * p
-            rs = rs_new
-        return x
+        return conjugate_gradient(normal, rhs, z, tol=tol, max_iter=max_iter)
 
     def extra_repr(self) -> str:  # noqa: D102
         frac = float(self.mask.float().mean())
