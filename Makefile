@@ -41,9 +41,10 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/deqir bench denoisers --json results/denoisers.json
 	$(BIN)/deqir bench baselines --json results/baselines.json
 	$(BIN)/deqir bench oder --json results/oder.json
+	$(BIN)/deqir bench elder --json results/elder.json
 
 bench-quick: $(VENV)/.bench-installed
-	for b in operators solvers denoisers baselines oder; do \
+	for b in operators solvers denoisers baselines oder elder; do \
 	  $(BIN)/deqir bench $$b --quick --json out/$$b-quick.json || exit 1; \
 	done
 
@@ -75,3 +76,25 @@ oder: $(STAMP)
 	done
 	$(BIN)/python -c "from deqir.bench.oder import export_all; print(*export_all(), sep='\n')"
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder --json results/oder.json
+
+# ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
+# the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
+# into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).
+ELDER_RUNS = elder_deblur elder_deblur_implicit elder_mri_radial elder_mri_radial_implicit
+.PHONY: elder
+elder: $(STAMP)
+	for c in $(ELDER_RUNS); do \
+	  rm -rf runs/$$c && OMP_NUM_THREADS=1 $(BIN)/deqir train configs/$$c.yaml --device cpu || exit 1; \
+	done
+	$(BIN)/python -c "from deqir.bench.elder import export_all; print(*export_all(), sep='\n')"
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench elder --json results/elder.json
+
+# LUSER (issue 8): on deblurring, sparse-view CT and single-coil MRI (configs/luser_*.yaml), train
+# LUSER and its comparison models (LU-deep of depth 5/10/17, LU-shallow, Gilton's DE-Prox DEQ: the
+# overrides in deqir.bench.luser.VARIANTS), export them into src/deqir/weights/, then benchmark
+# (about 60 minutes on one CPU core). Runs go to runs/luser_<task>_<variant>.
+.PHONY: luser
+luser: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -c "from deqir.bench.luser import train_all; train_all()"
+	$(BIN)/python -c "from deqir.bench.luser import export_all; print(*export_all(), sep='\n')"
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench luser --json results/luser.json

@@ -24,13 +24,7 @@ ITERS = {"tv": 50, "pnp_pgm": 20, "pnp_admm": 15, "red_gd": 30, "red_fp": 10}
 NOISE = {"blur": {"noise_sigma": 0.02}, "ct": {"noise_snr_db": 30.0}, "mri_single": {"noise_snr_db": 30.0}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids barrier waits on a shared machine (and keeps CPU use low)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from deqir.methods.elder import (
 from deqir.physics.registry import build_operator
 from deqir.priors import DnCNN, SmoothResUNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class HalfSquare(nn.Module):

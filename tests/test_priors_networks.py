@@ -12,15 +12,7 @@ from deqir.errors import CheckpointError, ConfigError, DataError, DeqirError, In
 from deqir.priors.drunet import SmoothResUNet
 from deqir.priors.unet import UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These networks and images are small: intra-op threads only add overhead, and on a busy shared
-    # 2-core host OpenMP's spinning threads made them 10-40x slower. Restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

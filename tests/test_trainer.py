@@ -28,13 +28,7 @@ from deqir.train.trainer import Trainer, lr_schedule, train_from_config
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: on a busy 2-core host, OpenMP's spinning threads make them 10-20x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, **over):

@@ -217,7 +217,7 @@ def oder_demo(out: str | Path = "out", seed: int = 0) -> list[dict[str, Any]] | 
     Example:
         >>> rows = oder_demo("out")  # doctest: +SKIP
     """
-    from deqir.bench.oder import WEIGHTS_DIR, load_shipped
+    from deqir.bench.common import WEIGHTS_DIR, load_shipped
     from deqir.figures import Panel, panel_grid
     from deqir.methods.baselines import simulate
     from deqir.metrics import compute_metrics

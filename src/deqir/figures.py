@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,23 @@ def panel_grid(path: str | Path, rows: Sequence[Sequence[Panel]], dpi: int = 80)
             ax.imshow(p.image, cmap=p.cmap, aspect="equal" if square else "auto", **kw)
             ax.set_title(p.title, fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 90) -> Path:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it.
+
+    Example:
+        >>> import tempfile, matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import matplotlib.pyplot as plt
+        >>> save_figure(plt.figure(), Path(tempfile.mkdtemp()) / "f.png").suffix
+        '.png'
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)

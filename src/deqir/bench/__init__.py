@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-_BENCHES = ("operators", "solvers", "denoisers", "baselines", "oder")
+_BENCHES = ("operators", "solvers", "denoisers", "baselines", "oder", "elder", "luser")
 
 
 def available_benches() -> tuple[str, ...]:

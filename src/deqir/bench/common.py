@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,3 +142,164 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+# ----------------------------------------------------------------------------- memory
+def rss_bytes() -> int:
+    """The resident memory of this process in bytes (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def fix_malloc_threshold() -> bool:
+    """Serve every allocation over 128 kB by mmap and give it back on free (glibc ``mallopt``).
+
+    glibc otherwise raises its mmap threshold after the first large frees and keeps the memory
+    in its heap, so the resident size stops tracking what a training step really allocates.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 128 * 1024) == 1
+        return ok and libc.mallopt(m_trim_threshold, 128 * 1024) == 1
+    except (OSError, AttributeError):
+        return False
+
+
+class PeakRSS:
+    """Peak resident memory above the starting point while the ``with`` block runs.
+
+    Resets the kernel's high-water mark (``/proc/self/clear_refs``, value 5) on entry and reads
+    ``VmHWM`` on exit: exact, no sampling. Where that is unavailable, falls back to a thread that
+    samples the resident size every millisecond.
+    """
+
+    def __enter__(self):
+        self.start = rss_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._exact = True
+        except OSError:
+            self._exact = False
+            self.peak = self.start
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self.peak = max(self.peak, rss_bytes())
+                    time.sleep(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._exact:
+            with open("/proc/self/status") as f:
+                hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+            self.peak = max(hwm, rss_bytes())
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        self.delta = self.peak - self.start
+
+
+class SavedTensorBytes:
+    """Bytes of the distinct storages autograd saves for the backward pass inside the ``with`` block.
+
+    A tensor saved by several operations (a ReLU output that is also the next convolution's input)
+    is counted once: this is the activation memory a training step holds between forward and
+    backward.
+
+    Example:
+        >>> import torch
+        >>> w = torch.ones(3, requires_grad=True)
+        >>> with SavedTensorBytes() as saved:
+        ...     loss = (w * torch.ones(3)).relu().sum()
+        >>> saved.bytes > 0
+        True
+    """
+
+    def __enter__(self):
+        import torch
+
+        self.bytes, self._seen = 0, set()
+
+        def pack(t):
+            key = t.untyped_storage().data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.bytes += t.untyped_storage().nbytes()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------- shipped models
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def export_run(run_dir: str | Path, name: str | None = None, out_dir: Path | None = None) -> Path:
+    """Copy a finished run's best weights to ``deqir/weights/<name>.safetensors`` with its config.
+
+    Example:
+        >>> export_run("runs/oder_ct_w30")  # doctest: +SKIP
+    """
+    from deqir.train.checkpoint import load_weights, read_sidecar, save_weights
+    from deqir.train.config import load_config
+    from deqir.train.trainer import build_model_from_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    model = build_model_from_config(cfg, initial_weights=False)
+    best = run_dir / "weights" / "best.safetensors"
+    load_weights(best, model)
+    meta = read_sidecar(best) or {}
+    raw = (run_dir / "config.yaml").read_text()
+    import yaml
+
+    return save_weights(
+        model,
+        Path(out_dir or WEIGHTS_DIR) / f"{name or run_dir.name}.safetensors",
+        config=yaml.safe_load(raw),
+        metrics=meta.get("metrics", {}),
+        extra={"run": run_dir.name},
+    )
+
+
+def load_shipped(name: str) -> Any:
+    """The model of a shipped weights file (``oder_*``, ``elder_*`` ...), built from its sidecar config.
+
+    The model is returned in eval mode; its initial weights (``model.weights`` of the config) are
+    not read, only the shipped file.
+
+    Example:
+        >>> load_shipped("oder_ct_w30").mode
+        'oder'
+    """
+    from deqir.errors import CheckpointError
+    from deqir.train.checkpoint import load_weights, read_sidecar
+    from deqir.train.config import config_from_dict
+    from deqir.train.trainer import build_model_from_config
+
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(
+            f"shipped weights {path} are missing: train and export them from their config "
+            f"(configs/{name}.yaml) with the make target of the method (`make oder`, `make elder`)"
+        )
+    side = read_sidecar(path) or {}
+    if not isinstance(side.get("config"), dict):
+        raise CheckpointError(f"{path}: its JSON sidecar holds no training config; re-export it")
+    model = build_model_from_config(config_from_dict(side["config"]), initial_weights=False)
+    load_weights(path, model)
+    return model.eval()

@@ -28,18 +28,22 @@ Example:
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from deqir.bench.common import BenchReport
+from deqir.bench.common import (
+    WEIGHTS_DIR,
+    BenchReport,
+    PeakRSS,
+    export_run,
+    fix_malloc_threshold,
+    load_shipped,
+)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CT_RUNS = (
     "oder_ct_prior",
     "oder_ct_red_deq",
@@ -57,58 +61,9 @@ RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 # ----------------------------------------------------------------------------- weights
-def export_run(run_dir: str | Path, name: str | None = None, out_dir: Path = WEIGHTS_DIR) -> Path:
-    """Copy a finished run's best weights to ``deqir/weights/<name>.safetensors`` with its config.
-
-    Example:
-        >>> export_run("runs/oder_ct_w30")  # doctest: +SKIP
-    """
-    from deqir.train.checkpoint import load_weights, read_sidecar, save_weights
-    from deqir.train.config import load_config
-    from deqir.train.trainer import build_model_from_config
-
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    model = build_model_from_config(cfg, initial_weights=False)
-    best = run_dir / "weights" / "best.safetensors"
-    load_weights(best, model)
-    meta = read_sidecar(best) or {}
-    raw = (run_dir / "config.yaml").read_text()
-    import yaml
-
-    return save_weights(
-        model,
-        Path(out_dir) / f"{name or run_dir.name}.safetensors",
-        config=yaml.safe_load(raw),
-        metrics=meta.get("metrics", {}),
-        extra={"run": run_dir.name},
-    )
-
-
 def export_all(runs_dir: str | Path = "runs") -> list[Path]:
     """Export every ODER run found under ``runs_dir`` (what ``make oder`` ends with)."""
     return [export_run(Path(runs_dir) / r) for r in (*CT_RUNS, *MRI_RUNS) if (Path(runs_dir) / r).is_dir()]
-
-
-def load_shipped(name: str) -> torch.nn.Module:
-    """The model of a shipped ODER weights file, built from its sidecar config, in eval mode."""
-    from deqir.errors import CheckpointError
-    from deqir.train.checkpoint import load_weights, read_sidecar
-    from deqir.train.config import config_from_dict
-    from deqir.train.trainer import build_model_from_config
-
-    path = WEIGHTS_DIR / f"{name}.safetensors"
-    if not path.is_file():
-        raise CheckpointError(
-            f"shipped weights {path} are missing: train and export them with `make oder` "
-            "(configs/oder_*.yaml)"
-        )
-    side = read_sidecar(path) or {}
-    if not isinstance(side.get("config"), dict):
-        raise CheckpointError(f"{path}: its JSON sidecar holds no training config; re-export it")
-    model = build_model_from_config(config_from_dict(side["config"]), initial_weights=False)
-    load_weights(path, model)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- data
@@ -309,68 +264,6 @@ class _OperatorMeter:
         self.op._forward, self.op._adjoint = self._fwd, self._adj
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _fix_malloc_threshold() -> bool:
-    """Serve every allocation over 128 kB by mmap and give it back on free (glibc ``mallopt``).
-
-    glibc otherwise raises its mmap threshold after the first large frees and keeps the memory
-    in its heap, so the resident size stops tracking what a training step really allocates.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 128 * 1024) == 1
-        return ok and libc.mallopt(m_trim_threshold, 128 * 1024) == 1
-    except (OSError, AttributeError):
-        return False
-
-
-class _PeakRSS:
-    """Peak resident memory above the starting point while the ``with`` block runs.
-
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``, value 5) on entry and reads
-    ``VmHWM`` on exit: exact, no sampling. Where that is unavailable, falls back to a thread that
-    samples the resident size every millisecond.
-    """
-
-    def __enter__(self):
-        self.start = _rss_bytes()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self._exact = True
-        except OSError:
-            self._exact = False
-            self.peak = self.start
-            self._stop = threading.Event()
-
-            def sample():
-                while not self._stop.is_set():
-                    self.peak = max(self.peak, _rss_bytes())
-                    time.sleep(0.001)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._exact:
-            with open("/proc/self/status") as f:
-                hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-            self.peak = max(hwm, _rss_bytes())
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
-        self.delta = self.peak - self.start
-
-
 def _training_step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
     meter = _OperatorMeter(op)
     try:
@@ -384,7 +277,7 @@ def _training_step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
                 total[0] += t.numel() * t.element_size()
                 return t
 
-            with _PeakRSS() as peak:
+            with PeakRSS() as peak:
                 t0 = time.perf_counter()
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     loss = (model(y, op, init=x0) - x).square().mean()
@@ -483,11 +376,9 @@ def _figure(figure: dict, costs: dict, path: Path) -> Path | None:
         ax.set_xlabel("w (blocks per iteration)", fontsize=7)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from deqir.figures import save_figure
+
+    return save_figure(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- run
@@ -505,7 +396,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
-    exact_malloc = _fix_malloc_threshold()
+    exact_malloc = fix_malloc_threshold()
     n_test = 2 if quick else 6
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3

@@ -3,6 +3,9 @@
 Baselines: classical (Tikhonov, FBP, zero-filled), TV (:func:`tv_reconstruction`), PnP-PGM,
 PnP-ADMM, RED-GD and RED-FP with a denoiser ``D(x, sigma)`` (:mod:`deqir.methods.pnp`), all by
 name through :func:`run_baseline`, tuned on validation images by :func:`tune_hyperparameters`.
+Learned: :class:`REDEquilibrium` (RED(DEQ), ODER, RED(Unfold)), :class:`ELDER`, :class:`LoopUnrolled`
+(LU-deep, LU-shallow, LUSER with :class:`ShallowEquilibrium`) and :class:`ProxGradEquilibrium`
+(Gilton's DEQ).
 
 Example:
     >>> from deqir.methods import classical_reconstruction, CLASSICAL_METHODS
@@ -43,6 +46,12 @@ _EXPORTS = {
     "BlindDenoiser": "denoisers",
     "GaussianSmoother": "denoisers",
     "DENOISER_NAMES": "denoisers",
+    # learned methods
+    "REDEquilibrium": "equilibrium",
+    "ELDER": "elder",
+    "LoopUnrolled": "unrolling",
+    "ShallowEquilibrium": "unrolling",
+    "ProxGradEquilibrium": "unrolling",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""Learned priors (networks): DnCNN, U-Nets, pretrained denoisers and, later, explicit potentials.
+"""Learned priors (networks): DnCNN, U-Nets, smooth U-Nets, shallow equilibrium cells, pretrained denoisers.
 
 No physics here. Names load lazily, so ``import deqir.priors`` stays cheap.
 
@@ -18,6 +18,7 @@ _EXPORTS = {
     "DnCNN": "dncnn",
     "UNet": "unet",
     "SmoothResUNet": "drunet",
+    "ShallowCell": "shallow",
     "ScicoDnCNN": "scico_weights",
     "load_scico_dncnn": "scico_weights",
     "list_pretrained": "pretrained",

@@ -46,10 +46,13 @@ MODELS: dict[str, str | Callable[..., nn.Module]] = {
     "dncnn": "deqir.priors.dncnn:DnCNN",
     "unet": "deqir.priors.unet:UNet",
     "drunet": "deqir.priors.drunet:SmoothResUNet",
+    "shallow_cell": "deqir.priors.shallow:ShallowCell",
 }
 METHODS: dict[str, str | Callable[..., nn.Module]] = {
     "red_equilibrium": "deqir.methods.equilibrium:build_red_equilibrium",
     "elder": "deqir.methods.elder:build_elder",
+    "loop_unrolled": "deqir.methods.unrolling:build_loop_unrolled",
+    "prox_grad_equilibrium": "deqir.methods.unrolling:build_prox_grad_equilibrium",
 }
 
 

@@ -126,8 +126,25 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
 
     network = build_model(config.model.name, config.model.options)
     if initial_weights and config.model.weights:
-        ckpt.load_weights(config.model.weights, network)
+        ckpt.load_weights(resolve_weights_path(config.model.weights), network)
     return build_method(config.method.name, network, config.method.options)
+
+
+def resolve_weights_path(spec: str | Path) -> Path:
+    """A ``model.weights`` entry as a file: ``pretrained:NAME`` is a shipped network, else a path.
+
+    Example:
+        >>> resolve_weights_path("pretrained:natural").name
+        'denoiser_natural.safetensors'
+        >>> resolve_weights_path("runs/x/weights/best.safetensors").as_posix()
+        'runs/x/weights/best.safetensors'
+    """
+    text = str(spec)
+    if text.startswith("pretrained:"):
+        from deqir.priors.pretrained import pretrained_path
+
+        return pretrained_path(text.split(":", 1)[1])
+    return Path(text)
 
 
 class Trainer:
