@@ -42,9 +42,11 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/deqir bench baselines --json results/baselines.json
 	$(BIN)/deqir bench oder --json results/oder.json
 	$(BIN)/deqir bench elder --json results/elder.json
+	$(BIN)/deqir bench luser --json results/luser.json
+	$(BIN)/deqir bench idt --json results/idt.json
 
 bench-quick: $(VENV)/.bench-installed
-	for b in operators solvers denoisers baselines oder elder; do \
+	for b in operators solvers denoisers baselines oder elder luser idt; do \
 	  $(BIN)/deqir bench $$b --quick --json out/$$b-quick.json || exit 1; \
 	done
 
@@ -98,3 +100,14 @@ luser: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -c "from deqir.bench.luser import train_all; train_all()"
 	$(BIN)/python -c "from deqir.bench.luser import export_all; print(*export_all(), sep='\n')"
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench luser --json results/luser.json
+
+# ODER on intensity diffraction tomography (issue 9): pretrain the 8-channel RED prior on synthetic
+# cells, fine-tune RED(DEQ) (72 LEDs) and ODER (24 of 72), export, benchmark (about 20 minutes).
+IDT_RUNS = oder_idt_prior oder_idt_red_deq oder_idt_w24
+.PHONY: idt
+idt: $(STAMP)
+	for c in $(IDT_RUNS); do \
+	  rm -rf runs/$$c && OMP_NUM_THREADS=1 $(BIN)/deqir train configs/$$c.yaml --device cpu || exit 1; \
+	done
+	$(BIN)/python -c "from deqir.bench.idt import export_all; print(*export_all(), sep='\n')"
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench idt --json results/idt.json

@@ -27,7 +27,9 @@ app = typer.Typer(
 
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="operators, solvers, denoisers, baselines, oder, elder, luser."),
+    name: str = typer.Argument(
+        ..., help="operators, solvers, denoisers, baselines, oder, elder, luser, idt."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Reduced version (under a minute)."),
     json_path: Path = typer.Option(None, "--json", help="Where to save the JSON report."),
 ) -> None:

@@ -95,7 +95,12 @@ def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
 
 
 def _init(op, y: torch.Tensor, kind: str) -> torch.Tensor:
-    x = op.fbp(y) if kind == "fbp" else op.zero_filled(y)  # as the trainer initialises
+    """The initialisation the trainer uses (``fbp``, ``zero_filled`` or ``scaled_adjoint``)."""
+    if kind == "scaled_adjoint":
+        from deqir.methods.common import lipschitz
+
+        return op.A_adjoint(y) / lipschitz(op)
+    x = op.fbp(y) if kind == "fbp" else op.zero_filled(y)
     x = x.abs() if x.is_complex() else x
     return x.clamp_min(0)
 
@@ -161,7 +166,7 @@ def _quality(
 ) -> dict[str, dict[str, float]]:
     from deqir.methods.baselines import run_baseline, tune_hyperparameters
 
-    classical = "fbp" if init_kind == "fbp" else "zero_filled"
+    classical = {"fbp": "fbp", "zero_filled": "zero_filled"}.get(init_kind, "tikhonov")
     val_y = _simulate(op, val_x, snr_db, seed=1)
     val_x0 = _init(op, val_y, init_kind)
     tv = tune_hyperparameters(op, "tv", val_x, noise_snr_db=snr_db, seed=1)

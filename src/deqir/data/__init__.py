@@ -61,6 +61,9 @@ _EXPORTS = {
     "dihedral": "patches",
     # phantoms
     "shepp_logan": "phantoms",
+    "cell_sample": "idt_samples",
+    "cell_samples": "idt_samples",
+    "read_idt_stack": "idt_samples",
     "random_ellipses": "phantoms",
     "ellipse_phantoms": "phantoms",
 }

@@ -74,6 +74,12 @@ def _mri_multi(image_size: int, **kw: Any) -> LinearOperator:
     return MultiCoilMRI(image_size, **kw)
 
 
+def _idt(image_size: int, **kw: Any) -> LinearOperator:
+    from deqir.physics.idt import IntensityDiffractionTomography
+
+    return IntensityDiffractionTomography(image_size, **kw)
+
+
 OPERATORS: dict[str, Callable[..., LinearOperator]] = {
     "blur": _blur,
     "motion_blur": _motion_blur,
@@ -82,6 +88,7 @@ OPERATORS: dict[str, Callable[..., LinearOperator]] = {
     "mri_single": _mri_single,
     "mri_radial": _mri_radial,
     "mri_multi": _mri_multi,
+    "idt": _idt,
 }
 
 
