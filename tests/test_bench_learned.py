@@ -89,3 +89,25 @@ def test_luser_bench_reports_missing_weights_as_rows(monkeypatch, tmp_path):
     report = luser.run(quick=True, figure_path=tmp_path / "luser.png")
     assert {r["kind"] for r in report.rows} == {"missing"}
     assert report.summary["tasks"] == 0
+
+
+def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
+    from deqir.bench import idt, oder
+
+    monkeypatch.setattr(idt, "SIZE", 32)
+    monkeypatch.setattr(idt, "WIDTHS", (24, 72))
+    for name, value in (("TRAIN_ITERATIONS", 3), ("TEST_ITERATIONS", 3), ("TEST_AVERAGE", 2)):
+        monkeypatch.setattr(oder, name, value)
+    monkeypatch.setattr(oder, "RED_DENOISING_TAUS", (0.02,))
+    from deqir.methods import baselines
+
+    monkeypatch.setitem(baselines.DEFAULT_GRIDS, "tv", {"lam": [1e-3]})
+    monkeypatch.setitem(baselines.ITERATIONS, "tv", 5)
+    report = idt.run(quick=True, figure_path=tmp_path / "idt.png")
+    s = report.summary
+    assert s["operator_applications_ratio"] == pytest.approx(24 / 72)  # exact block accounting
+    for key in ("snr_gap_db", "step_time_ratio", "oder_minus_tikhonov_db", "memory_ratio"):
+        assert key in s and s[key] == s[key]  # present and not NaN
+    methods = {r["method"] for r in report.rows if r.get("section") == "quality"}
+    assert {"tikhonov", "tv", "red_denoising", "red_deq", "oder_w24"} <= methods
+    assert (tmp_path / "idt.png").stat().st_size > 0

@@ -111,6 +111,8 @@ def cell_samples(count: int, image_size: int, num_slices: int = 4, seed: int = 0
         >>> cell_samples(2, 16, 2).shape
         torch.Size([2, 4, 16, 16])
     """
+    if int(count) == 0:
+        return torch.zeros(0, 2 * int(num_slices), int(image_size), int(image_size))
     return torch.stack(
         [cell_sample(image_size, num_slices, seed=int(seed) * 100003 + k) for k in range(count)]
     )
