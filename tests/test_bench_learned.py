@@ -99,10 +99,7 @@ def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
     for name, value in (("TRAIN_ITERATIONS", 3), ("TEST_ITERATIONS", 3), ("TEST_AVERAGE", 2)):
         monkeypatch.setattr(oder, name, value)
     monkeypatch.setattr(oder, "RED_DENOISING_TAUS", (0.02,))
-    from deqir.methods import baselines
-
-    monkeypatch.setitem(baselines.DEFAULT_GRIDS, "tv", {"lam": [1e-3]})
-    monkeypatch.setitem(baselines.ITERATIONS, "tv", 5)
+    monkeypatch.setattr(oder, "QUICK_TV_GRID", [1e-3])
     report = idt.run(quick=True, figure_path=tmp_path / "idt.png")
     s = report.summary
     assert s["operator_applications_ratio"] == pytest.approx(24 / 72)  # exact block accounting

@@ -1,7 +1,9 @@
 """ELDER benchmark: explicit learned regularisers (Zou et al., OJSP 2023) against their references.
 
-For each setting (deblurring with Gaussian, uniform and motion kernels at two noise levels, ×2
-super-resolution, radial-mask MRI at 20/30/50 % sampling) it reconstructs the test split with:
+For each setting (Gaussian and motion deblurring and ×2 super-resolution at noise 2.55/255 on natural
+photos, radial-mask MRI at 30 and 50 % sampling on brain slices; all 128×128; the uniform kernel,
+the 7.65/255 noise level and 20 % MRI sampling are left out for the CPU budget of this machine and
+are one line each in :data:`SETTINGS`) it reconstructs the test split with:
 
 * ``gs_pretrained``: the gradient-step potential ``R = ½‖x − N(x)‖²`` of the shipped denoiser with no
   DEQ training (GS-PnP), ``σ`` and ``λ`` tuned on the validation split;
@@ -47,15 +49,15 @@ from deqir.bench.common import BenchReport, export_run, load_shipped
 
 RESULTS_JSON = Path("results/elder.json")
 IMAGE_SIZE = 128
-EVAL_ITERATIONS = 150  # monotone proximal-gradient iterations at test (Nesterov + backtracking)
+EVAL_ITERATIONS = 100  # monotone proximal gradient at test (Nesterov + backtracking), ≤ 100 as ELDER
 EVAL_TOL = 1e-5
 TAU = 6.0  # ELDER's step (the data step is an exact prox, so any τ is stable)
-SIGMA_GRID = (15 / 255, 25 / 255, 35 / 255)  # noise level the pretrained potential is called at
-LAM_GRID = (0.025, 0.05, 0.1, 0.2)
+SIGMA_GRID = (10 / 255, 25 / 255, 40 / 255)  # noise level the pretrained potential is called at
+LAM_GRID = (0.025, 0.05, 0.1)
 LAM_FACTORS = (0.5, 1.0, 2.0)  # learned λ times one of these, chosen on validation
 BASELINE_GRIDS = {
-    "pnp_pgm": {"gamma": [0.5, 1.0, 1.9], "sigma": [0.02, 0.04, 0.08]},
-    "red_fp": {"tau": [0.002, 0.01, 0.05], "sigma": [0.02, 0.04, 0.08]},
+    "pnp_pgm": {"gamma": [1.0, 1.9], "sigma": [0.02, 0.05]},
+    "red_fp": {"tau": [0.01, 0.05], "sigma": [0.02, 0.05]},
 }
 BASELINE_ITERATIONS = 100
 
@@ -78,11 +80,8 @@ def _gauss(**kw: Any) -> dict[str, Any]:
 
 SETTINGS: dict[str, Setting] = {
     "deblur_gaussian_2.55": Setting("deblur", "blur", _gauss(), 2.55 / 255, trained=True),
-    "deblur_gaussian_7.65": Setting("deblur", "blur", _gauss(), 7.65 / 255),
-    "deblur_uniform_2.55": Setting("deblur", "blur", {"kernel": "uniform", "kernel_size": 9}, 2.55 / 255),
     "deblur_motion_2.55": Setting("deblur", "motion_blur", {"kernel_size": 15, "seed": 0}, 2.55 / 255),
     "superres_x2_2.55": Setting("deblur", "superres", {"factor": 2}, 2.55 / 255),
-    "mri_radial_20": Setting("mri", "mri_radial", {"sampling_fraction": 0.2}, 0.005, "brain"),
     "mri_radial_30": Setting("mri", "mri_radial", {"sampling_fraction": 0.3}, 0.005, "brain", True),
     "mri_radial_50": Setting("mri", "mri_radial", {"sampling_fraction": 0.5}, 0.005, "brain"),
 }
@@ -262,7 +261,7 @@ def _evaluate_setting(
         except Exception as err:  # noqa: BLE001 - reported as a missing row, not a crash
             report.add_row(kind="missing", setting=name, method=method, reason=str(err)[:200])
             continue
-        lam0, tau0 = float(trained.lam), float(trained.tau)
+        lam0, tau0 = float(trained.lam.detach()), float(trained.tau.detach())
         sigma = trained.prior.prior_sigma
         potential = trained.potential_name
         if quick:
