@@ -28,7 +28,7 @@ def _mirror(H):
 
 def test_transfer_functions_are_hermitian_so_intensities_are_real():
     op = _op()
-    H = op.transfer_double
+    H = op.transfer_functions(double=True)
     torch.testing.assert_close(_mirror(H), H.conj(), rtol=0, atol=1e-12 * float(H.abs().max()))
 
 

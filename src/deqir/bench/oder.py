@@ -58,7 +58,8 @@ TRAIN_ITERATIONS = 40  # forward iterations of one training step (as in the conf
 TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging; 0 for full batch)
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
 RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
-QUICK_TV_GRID = [1e-4, 1e-3, 1e-2]  # --quick only
+QUICK_TV_GRID = [1e-4, 1e-3, 1e-2]  # --quick only (60 TV iterations)
+QUICK_TAUS = (0.01, 0.05)  # --quick only
 
 
 # ----------------------------------------------------------------------------- weights
@@ -129,12 +130,12 @@ def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
     return out, (time.perf_counter() - t0) / y.shape[0]
 
 
-def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_ITERATIONS):
+def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_ITERATIONS, taus=None):
     """RED with the pretrained prior only (Nesterov, fixed iterations); τ tuned on validation images."""
     from deqir.methods.equilibrium import REDEquilibrium
 
     best = None
-    for tau in RED_DENOISING_TAUS:
+    for tau in taus or RED_DENOISING_TAUS:
         m = REDEquilibrium(
             prior_net,
             mode="deq",
@@ -170,14 +171,14 @@ def _quality(
     classical = {"fbp": "fbp", "zero_filled": "zero_filled"}.get(init_kind, "tikhonov")
     val_y = _simulate(op, val_x, snr_db, seed=1)
     val_x0 = _init(op, val_y, init_kind)
-    # --quick: a 3-point TV grid and 100 iterations (the full run: the default 9-point grid, 200)
-    tv_iterations = 100 if quick else None
+    # --quick: a 3-point TV grid and 60 iterations (the full run: the default 9-point grid, 200)
+    tv_iterations = 60 if quick else None
     tv_grid = {"grid": {"lam": QUICK_TV_GRID}} if quick else {}
     tv = tune_hyperparameters(
         op, "tv", val_x, noise_snr_db=snr_db, seed=1, iterations=tv_iterations, **tv_grid
     )
     prior = load_shipped(names["prior"])
-    red_den, tau = _red_denoising(prior, op, val_x, val_y, val_x0)
+    red_den, tau = _red_denoising(prior, op, val_x, val_y, val_x0, taus=QUICK_TAUS if quick else None)
     red_den_long = tau_long = None
     if not quick:
         red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, iterations=100)
@@ -206,9 +207,10 @@ def _quality(
                     y,
                     x0,
                 )
-                recs["red_deq_anderson"] = _reconstruct(
-                    _configure(m, mode="deq", solver="anderson", iterations=100), op, y, x0
-                )
+                if not quick:
+                    recs["red_deq_anderson"] = _reconstruct(
+                        _configure(m, mode="deq", solver="anderson", iterations=100), op, y, x0
+                    )
             else:
                 recs[f"oder_w{w}"] = _reconstruct(
                     _configure(m, mode="oder", solver="nesterov", iterations=TEST_ITERATIONS, minibatch=w),

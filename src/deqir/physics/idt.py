@@ -148,9 +148,10 @@ class IntensityDiffractionTomography(LinearOperator):
             float(contrast),
         )
         self.register_buffer("led_positions", leds.clone())
-        H = self._transfer_functions(leds)
-        self.register_buffer("transfer", H.to(torch.complex64))  # float32 images
-        self.register_buffer("transfer_double", H, persistent=False)  # float64 images (exact tests)
+        # stored frequency-major, (N², 2S, J): forward and adjoint are one batched matrix product
+        H = self._transfer_functions(leds).permute(2, 3, 1, 0).reshape(n * n, 2 * s, -1).contiguous()
+        self.register_buffer("spectral", H.to(torch.complex64))  # float32 images
+        self.register_buffer("spectral_double", H, persistent=False)  # float64 images (exact tests)
 
     # ------------------------------------------------------------------ physics
     def slice_depths(self) -> torch.Tensor:
@@ -189,21 +190,28 @@ class IntensityDiffractionTomography(LinearOperator):
         return H * self.contrast
 
     # ------------------------------------------------------------------ operator
-    def _H(self, like: torch.Tensor, blocks) -> torch.Tensor:
+    def transfer_functions(self, double: bool = True) -> torch.Tensor:
+        """``(J, 2S, N, N)``: ``H^re`` of the slices then ``H^im``, per LED, on the FFT grid (a view)."""
+        H = self.spectral_double if double else self.spectral
+        return H.reshape(self.n, self.n, 2 * self.num_slices, -1).permute(3, 2, 0, 1)
+
+    def _spectral(self, like: torch.Tensor, blocks) -> torch.Tensor:
         double = like.dtype in (torch.float64, torch.complex128)
-        H = (self.transfer_double if double else self.transfer).to(like.device)
-        return H if blocks is None else H.index_select(0, blocks.to(H.device))
+        H = (self.spectral_double if double else self.spectral).to(like.device)
+        return H if blocks is None else H.index_select(2, blocks.to(H.device))
 
     def _forward(self, x, blocks):
-        H = self._H(x, blocks)  # (w, 2S, N, N)
-        X = torch.fft.fft2(x, norm="ortho")  # (B, 2S, N, N)
-        Y = torch.einsum("jmuv,bmuv->bjuv", H, X)
+        H = self._spectral(x, blocks)  # (N², 2S, w)
+        b, m, n = x.shape[0], x.shape[1], self.n
+        X = torch.fft.fft2(x, norm="ortho").permute(2, 3, 0, 1).reshape(n * n, b, m)
+        Y = torch.bmm(X, H).reshape(n, n, b, -1).permute(2, 3, 0, 1)  # (B, w, N, N)
         return torch.fft.ifft2(Y, norm="ortho").real
 
     def _adjoint(self, y, blocks):
-        H = self._H(y, blocks)
-        Y = torch.fft.fft2(y, norm="ortho")  # (B, w, N, N)
-        X = torch.einsum("jmuv,bjuv->bmuv", H.conj(), Y)
+        H = self._spectral(y, blocks)
+        b, w, n = y.shape[0], y.shape[1], self.n
+        Y = torch.fft.fft2(y, norm="ortho").permute(2, 3, 0, 1).reshape(n * n, b, w)
+        X = torch.bmm(Y, H.conj().transpose(1, 2)).reshape(n, n, b, -1).permute(2, 3, 0, 1)
         return torch.fft.ifft2(X, norm="ortho").real
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
@@ -230,7 +238,7 @@ class IntensityDiffractionTomography(LinearOperator):
         self.check_image(z)
         self.check_measurement(y, None)
         g = _as_gamma(gamma, z)
-        H = self._H(z, None)  # (J, 2S, N, N)
+        H = self.transfer_functions(z.dtype in (torch.float64, torch.complex128)).to(z.device)
         Z = torch.fft.fft2(z, norm="ortho")
         rhs = Z + g * torch.einsum("jmuv,bjuv->bmuv", H.conj(), torch.fft.fft2(y.to(z.dtype), norm="ortho"))
         M = torch.einsum("jmuv,jkuv->uvmk", H.conj(), H)  # (N, N, 2S, 2S)
