@@ -73,6 +73,10 @@ def test_led_blocks_and_positions():
     op = _op()
     x = torch.rand(2, 4, 32, 32)
     torch.testing.assert_close(op.A(x, blocks=[1, 7]), op.A(x)[:, [1, 7]])
+    every = list(range(op.num_blocks))  # the full-operator fast path equals the block path
+    torch.testing.assert_close(op.A(x), op.A(x, blocks=every))
+    y = op.A(x)
+    torch.testing.assert_close(op.A_adjoint(y), op.A_adjoint(y, blocks=every))
 
 
 def test_bad_settings_are_named():

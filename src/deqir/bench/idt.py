@@ -61,6 +61,8 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
+    # every allocation over 128 kB by mmap, from the start (a heap that already holds freed memory
+    # would hide a step's allocations from the peak resident size)
     exact_malloc = fix_malloc_threshold()
     n_test, n_val, repeat = (2, 2, 1) if quick else (8, 4, 3)
     report = BenchReport(

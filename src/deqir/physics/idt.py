@@ -148,9 +148,14 @@ class IntensityDiffractionTomography(LinearOperator):
             float(contrast),
         )
         self.register_buffer("led_positions", leds.clone())
-        # stored frequency-major, (N², 2S, J): forward and adjoint are one batched matrix product
-        H = self._transfer_functions(leds).permute(2, 3, 1, 0).reshape(n * n, 2 * s, -1).contiguous()
+        # stored LED-major, (J, N², 2S): a minibatch of LEDs is a copy of w contiguous chunks, and
+        # forward and adjoint are one batched matrix product over the N² frequencies
+        H = self._transfer_functions(leds).permute(0, 2, 3, 1).reshape(-1, n * n, 2 * s).contiguous()
         self.register_buffer("spectral", H.to(torch.complex64))  # float32 images
+        # the full operator's two frequency-major layouts, contiguous for the batched products
+        full = H.permute(1, 2, 0).to(torch.complex64)  # (N², 2S, J)
+        self.register_buffer("_full_forward", full.contiguous(), persistent=False)
+        self.register_buffer("_full_adjoint", full.conj().transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("spectral_double", H, persistent=False)  # float64 images (exact tests)
 
     # ------------------------------------------------------------------ physics
@@ -193,25 +198,31 @@ class IntensityDiffractionTomography(LinearOperator):
     def transfer_functions(self, double: bool = True) -> torch.Tensor:
         """``(J, 2S, N, N)``: ``H^re`` of the slices then ``H^im``, per LED, on the FFT grid (a view)."""
         H = self.spectral_double if double else self.spectral
-        return H.reshape(self.n, self.n, 2 * self.num_slices, -1).permute(3, 2, 0, 1)
+        return H.reshape(-1, self.n, self.n, 2 * self.num_slices).permute(0, 3, 1, 2)
 
     def _spectral(self, like: torch.Tensor, blocks) -> torch.Tensor:
         double = like.dtype in (torch.float64, torch.complex128)
         H = (self.spectral_double if double else self.spectral).to(like.device)
-        return H if blocks is None else H.index_select(2, blocks.to(H.device))
+        return H if blocks is None else H.index_select(0, blocks.to(H.device))
 
     def _forward(self, x, blocks):
-        H = self._spectral(x, blocks)  # (N², 2S, w)
         b, m, n = x.shape[0], x.shape[1], self.n
         X = torch.fft.fft2(x, norm="ortho").permute(2, 3, 0, 1).reshape(n * n, b, m)
+        if blocks is None and X.dtype == torch.complex64:
+            H = self._full_forward.to(x.device)
+        else:
+            H = self._spectral(x, blocks).permute(1, 2, 0)  # (N², 2S, w)
         Y = torch.bmm(X, H).reshape(n, n, b, -1).permute(2, 3, 0, 1)  # (B, w, N, N)
         return torch.fft.ifft2(Y, norm="ortho").real
 
     def _adjoint(self, y, blocks):
-        H = self._spectral(y, blocks)
         b, w, n = y.shape[0], y.shape[1], self.n
         Y = torch.fft.fft2(y, norm="ortho").permute(2, 3, 0, 1).reshape(n * n, b, w)
-        X = torch.bmm(Y, H.conj().transpose(1, 2)).reshape(n, n, b, -1).permute(2, 3, 0, 1)
+        if blocks is None and Y.dtype == torch.complex64:
+            Hh = self._full_adjoint.to(y.device)  # (N², J, 2S), conjugated
+        else:
+            Hh = self._spectral(y, blocks).conj().permute(1, 0, 2)  # (N², w, 2S)
+        X = torch.bmm(Y, Hh).reshape(n, n, b, -1).permute(2, 3, 0, 1)
         return torch.fft.ifft2(X, norm="ortho").real
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
