@@ -144,6 +144,38 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# ----------------------------------------------------------------------------- data and scores
+def split_images(source: str, split: str, count: int, size: int = 128) -> Any:
+    """Up to ``count`` images ``(n, 1, size, size)`` of a cached split of a :mod:`deqir.data` source.
+
+    Example:
+        >>> split_images("ct_phantoms", "test", 2, size=32).shape
+        torch.Size([2, 1, 32, 32])
+    """
+    import torch
+
+    from deqir.data import build_dataset
+
+    ds = build_dataset(source, size, seed=0)[split]
+    n = min(count, len(ds))
+    return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
+
+
+def mean_scores(x_hat: Any, x: Any) -> dict[str, float]:
+    """Mean SNR, PSNR and SSIM of reconstructions clipped to [0, 1] against ``x``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 1, 16, 16)
+        >>> round(mean_scores(x, x)["ssim"], 3)
+        1.0
+    """
+    from deqir.metrics import compute_metrics
+
+    m = compute_metrics(x_hat.clamp(0, 1), x)
+    return {k: float(m[k].mean()) for k in ("snr", "psnr", "ssim")}
+
+
 # ----------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """The resident memory of this process in bytes (``/proc/self/statm``)."""

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from deqir.bench.common import BenchReport, export_run, load_shipped
+from deqir.bench.common import BenchReport, export_run, load_shipped, split_images
 
 RESULTS_JSON = Path("results/elder.json")
 IMAGE_SIZE = 128
@@ -97,14 +97,6 @@ def export_all(runs_dir: str | Path = "runs") -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _images(source: str, split: str, count: int, size: int = 128) -> torch.Tensor:
-    from deqir.data import build_dataset
-
-    ds = build_dataset(source, size, seed=0)[split]
-    n = min(count, len(ds))
-    return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
-
-
 def _operator(setting: Setting, size: int):
     from deqir.physics.registry import build_operator
 
@@ -204,8 +196,8 @@ def _evaluate_setting(
 
     size = IMAGE_SIZE
     op = _operator(setting, size)
-    val_x = _images(setting.source, "val", counts[0], size)
-    test_x = _images(setting.source, "test", counts[1], size)
+    val_x = split_images(setting.source, "val", counts[0], size)
+    test_x = split_images(setting.source, "test", counts[1], size)
     val_y, val_x0 = _measure(op, val_x, setting.noise_sigma, seed=1)
     test_y, test_x0 = _measure(op, test_x, setting.noise_sigma, seed=2)
     denoiser = load_pretrained(DENOISER[setting.task])

@@ -42,6 +42,7 @@ from deqir.bench.common import (
     export_run,
     fix_malloc_threshold,
     load_shipped,
+    mean_scores,
 )
 
 TASKS = ("deblur", "ct", "mri")
@@ -129,13 +130,6 @@ def _data(cfg: Any, split: str, count: int, seed: int):
     return task.physics, x, sample.measurement, sample.init
 
 
-def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
-    from deqir.metrics import compute_metrics
-
-    m = compute_metrics(x_hat.clamp(0, 1), x)
-    return {k: float(m[k].mean()) for k in ("psnr", "ssim", "snr")}
-
-
 def _step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
     model.train()
     times, saved, peaks = [], [], []
@@ -190,6 +184,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     per_task: dict[str, dict[str, dict[str, Any]]] = {}
     figure: dict[str, dict[str, torch.Tensor]] = {}
     jobs = [(t, v) for t in TASKS for v in VARIANTS]
+    data: dict[str, tuple] = {}
     for task, variant in tqdm(jobs, desc="luser bench", unit="model"):
         name = run_name(task, variant)
         try:
@@ -199,8 +194,9 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
             continue
         side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
         cfg = config_from_dict(side["config"])
-        op, test_x, test_y, test_x0 = _data(cfg, "test", n_test, seed=2)
-        _, tr_x, tr_y, tr_x0 = _data(cfg, "train", batch, seed=3)
+        if task not in data:  # every variant of a task shares its data section and physics
+            data[task] = (_data(cfg, "test", n_test, seed=2), _data(cfg, "train", batch, seed=3))
+        (op, test_x, test_y, test_x0), (_, tr_x, tr_y, tr_x0) = data[task]
         t0 = time.perf_counter()
         with torch.no_grad():
             outs = [model(test_y[i : i + 1], op, init=test_x0[i : i + 1]) for i in range(len(test_x))]
@@ -212,7 +208,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
             "task": task,
             "method": variant,
             "label": LABELS[variant],
-            **_scores(out, test_x),
+            **mean_scores(out, test_x),
             "parameters": sum(p.numel() for p in model.parameters()),
             **cost,
             "test_seconds_per_image": test_seconds,
@@ -272,7 +268,7 @@ def _figure(images: dict[str, dict[str, torch.Tensor]], per_task: dict, path: Pa
         for j, (label, img) in enumerate(panels.items()):
             ax = axes[i, j]
             ax.imshow(img.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            psnr = _scores(img[None, None], truth[None, None])["psnr"]
+            psnr = mean_scores(img[None, None], truth[None, None])["psnr"]
             title = label if label == "truth" else f"{label}\n{psnr:.2f} dB"
             ax.set_title(f"{task}: {title}" if j == 0 else title, fontsize=7)
         for ax in axes[i]:

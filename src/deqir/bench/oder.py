@@ -42,6 +42,8 @@ from deqir.bench.common import (
     export_run,
     fix_malloc_threshold,
     load_shipped,
+    mean_scores,
+    split_images,
 )
 
 CT_RUNS = (
@@ -69,12 +71,7 @@ def export_all(runs_dir: str | Path = "runs") -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- data
-def _images(source: str, split: str, count: int, size: int = 128) -> torch.Tensor:
-    from deqir.data import build_dataset
-
-    ds = build_dataset(source, size, seed=0)[split]
-    n = min(count, len(ds))
-    return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
+_images = split_images
 
 
 def _real_ct(size: int = 128) -> tuple[torch.Tensor, list[str]]:
@@ -108,11 +105,7 @@ def _init(op, y: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- quality
-def _scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
-    from deqir.metrics import compute_metrics
-
-    m = compute_metrics(x_hat.clamp(0, 1), x)
-    return {k: float(m[k].mean()) for k in ("snr", "psnr", "ssim")}
+_scores = mean_scores
 
 
 def _configure(model, *, mode: str, solver: str, iterations: int, minibatch: int | None = None, tol=1e-4):

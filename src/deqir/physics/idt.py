@@ -157,6 +157,8 @@ class IntensityDiffractionTomography(LinearOperator):
         self.register_buffer("_full_forward", full.contiguous(), persistent=False)
         self.register_buffer("_full_adjoint", full.conj().transpose(1, 2).contiguous(), persistent=False)
         self.register_buffer("spectral_double", H, persistent=False)  # float64 images (exact tests)
+        # AᵀA per frequency, M(u) = Σ_j H_j(u)ᴴ H_j(u), (N², 2S, 2S): the system of prox_data
+        self.register_buffer("gram", torch.einsum("jum,juk->umk", H.conj(), H), persistent=False)
 
     # ------------------------------------------------------------------ physics
     def slice_depths(self) -> torch.Tensor:
@@ -249,11 +251,11 @@ class IntensityDiffractionTomography(LinearOperator):
         self.check_image(z)
         self.check_measurement(y, None)
         g = _as_gamma(gamma, z)
-        H = self.transfer_functions(z.dtype in (torch.float64, torch.complex128)).to(z.device)
         Z = torch.fft.fft2(z, norm="ortho")
-        rhs = Z + g * torch.einsum("jmuv,bjuv->bmuv", H.conj(), torch.fft.fft2(y.to(z.dtype), norm="ortho"))
-        M = torch.einsum("jmuv,jkuv->uvmk", H.conj(), H)  # (N, N, 2S, 2S)
-        eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+        rhs = Z + g * torch.fft.fft2(self._adjoint(y.to(z.dtype), None), norm="ortho")  # F(z + γAᵀy)
+        n, m = self.n, 2 * self.num_slices
+        M = self.gram.to(device=z.device, dtype=Z.dtype).reshape(n, n, m, m)
+        eye = torch.eye(m, dtype=M.dtype, device=M.device)
         g_b = g.reshape(-1, 1, 1, 1, 1) if isinstance(g, torch.Tensor) and g.dim() > 0 else g
         system = eye + g_b * M  # (N, N, 2S, 2S) or (B, N, N, 2S, 2S)
         b = rhs.permute(0, 2, 3, 1).unsqueeze(-1)  # (B, N, N, 2S, 1)
