@@ -15,3 +15,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def memory_meter():
+    """One :class:`deqir.bench.common.IsolatedMemory` worker shared by the session (it takes a
+    few seconds to start)."""
+    from deqir.bench.common import IsolatedMemory
+
+    with IsolatedMemory() as meter:
+        yield meter

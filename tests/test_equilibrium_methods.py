@@ -145,14 +145,14 @@ def test_phantom_gradient_draws_fresh_minibatches(ct, batch):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_bench_cost_meter_counts_blocks_exactly(batch):
+def test_bench_cost_meter_counts_blocks_exactly(batch, memory_meter):
     from deqir.bench.common import BenchReport
     from deqir.bench.oder import _cost_rows
 
     op = ParallelBeamCT(32, num_angles=30)
     x = batch[0]
     report = BenchReport("t")
-    costs = _cost_rows("ct", "tiny", op, _net(), x, 50.0, "fbp", (10, 30), 1, report)
+    costs = _cost_rows("ct", "tiny", op, _net(), x, 50.0, "fbp", (10, 30), 1, report, memory_meter)
     assert costs[10]["operator_block_applications"] / costs[30]["operator_block_applications"] == 10 / 30
     assert costs[30]["saved_bytes"] > 0 and 0 < costs[30]["operator_share"] < 1
     assert len(report.rows) == 2

@@ -276,6 +276,140 @@ class SavedTensorBytes:
         self._hooks.__exit__(*exc)
 
 
+def training_step_memory(model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
+    """Memory of training steps ``loss = ‖model(y, physics, init) − x‖²``: medians over ``repeat``
+    steps after one warm-up.
+
+    Returns ``saved_bytes`` (:class:`SavedTensorBytes`: what autograd keeps between forward and
+    backward) and ``peak_bytes`` (:class:`PeakRSS`: the step's peak resident memory above its
+    start). Exact only in a process whose allocator was fixed from the start
+    (:func:`fix_malloc_threshold`): run it through :class:`IsolatedMemory`.
+    """
+    model.train()
+    saved, peaks = [], []
+    for r in range(repeat + 1):
+        model.zero_grad(set_to_none=True)
+        _release_free_heap()  # memory the heap still holds would hide the step's allocations
+        with PeakRSS() as peak:
+            with SavedTensorBytes() as st:
+                loss = (model(y, physics, init=init) - x).square().mean()
+            loss.backward()
+        if r:
+            saved.append(st.bytes)
+            peaks.append(peak.delta)
+    model.zero_grad(set_to_none=True)
+    return {"saved_bytes": statistics.median(saved), "peak_bytes": statistics.median(peaks)}
+
+
+def _release_free_heap() -> None:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim``), so that reusing them
+    counts in the resident size again."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _picklable(model: Any) -> tuple[Any, list]:
+    """A copy of ``model`` that pickles: parametrizations (spectral norm) are taken off and listed.
+
+    ``torch.nn.utils.parametrize`` refuses to pickle a parametrized module. In the copy each such
+    module becomes an instance of its original class holding the original tensor as a plain
+    parameter; :func:`_reparametrize` puts the same parametrization objects (with their buffers)
+    back on the other side. The model itself is not touched.
+    """
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    clone = copy.deepcopy(model)
+    removed = []
+    for path, module in list(clone.named_modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        base = type(module).__bases__[0]  # parametrize injects a subclass of the module's class
+        plain = base.__new__(base)
+        plain.__dict__.update(module.__dict__)
+        plain._modules = {k: v for k, v in module._modules.items() if k != "parametrizations"}
+        plain._parameters = dict(module._parameters)
+        for name, chain in module.parametrizations.items():
+            if not hasattr(chain, "original"):
+                raise ValueError(f"{path}.{name}: a parametrization of several tensors cannot be measured")
+            plain._parameters[name] = chain.original
+            removed.append((path, name, list(chain)))
+        if path:
+            parent, _, child = path.rpartition(".")
+            setattr(clone.get_submodule(parent) if parent else clone, child, plain)
+        else:
+            clone = plain
+    return clone, removed
+
+
+def _reparametrize(model: Any, removed: list) -> Any:
+    from torch.nn.utils import parametrize
+
+    for path, name, chain in removed:
+        module = model.get_submodule(path)
+        for p in chain:
+            parametrize.register_parametrization(module, name, p, unsafe=True)
+    return model
+
+
+def _measure_in_worker(model: Any, removed: list, args: tuple) -> dict:
+    return training_step_memory(_reparametrize(model, removed), *args)
+
+
+def _memory_worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    fix_malloc_threshold()
+
+
+class IsolatedMemory:
+    """Measures training-step memory in a worker process with an exact allocator.
+
+    Peak resident memory is only exact when glibc serves every large allocation by mmap from
+    the process's start (:func:`fix_malloc_threshold`), and that setting slows every step. So a
+    benchmark times its steps in its own process, with the default allocator, and measures their
+    memory here: one spawned worker, started once, with the same number of threads, receives a
+    copy of the model (spectral norm included, see :func:`_picklable`), the operator and the batch
+    and runs :func:`training_step_memory`. The caller's model is left as it was.
+
+    Example:
+        >>> import torch
+        >>> from deqir.physics.registry import build_operator
+        >>> from deqir.methods.unrolling import build_loop_unrolled
+        >>> from deqir.priors import DnCNN
+        >>> op = build_operator("blur", 16, kernel_size=5)
+        >>> x = torch.rand(2, 1, 16, 16)
+        >>> model = build_loop_unrolled(DnCNN(depth=3, width=4, spectral_norm=True), steps=2)
+        >>> with IsolatedMemory() as meter:  # doctest: +SKIP
+        ...     meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"] > 0
+        True
+    """
+
+    def __enter__(self) -> IsolatedMemory:
+        import multiprocessing
+
+        import torch
+
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ctx.Pool(1, initializer=_memory_worker_init, initargs=(torch.get_num_threads(),))
+        return self
+
+    def step(self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
+        """:func:`training_step_memory` in the worker."""
+        clone, removed = _picklable(model)
+        return self._pool.apply(_measure_in_worker, (clone, removed, (physics, x, y, init, repeat)))
+
+    def __exit__(self, *exc) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
 # ----------------------------------------------------------------------------- shipped models
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 

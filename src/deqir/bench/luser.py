@@ -7,9 +7,10 @@ images) and each model of :data:`VARIANTS` (LUSER, LU-deep with DnCNN regularise
 * test PSNR / SSIM of the shipped weights ``luser_<task>_<variant>`` (test split of the config);
 * parameters;
 * one training step (forward and backward of the MSE on a batch of 4 training-size images):
-  seconds, *activation memory* (bytes of the distinct tensors autograd keeps between forward and
-  backward, :class:`~deqir.bench.common.SavedTensorBytes`) and peak process memory above the
-  starting point (:class:`~deqir.bench.common.PeakRSS`).
+  seconds (timed in this process), *activation memory* (bytes of the distinct tensors autograd
+  keeps between forward and backward, :class:`~deqir.bench.common.SavedTensorBytes`) and peak
+  process memory above the step's starting point (:class:`~deqir.bench.common.PeakRSS`), both
+  measured in a worker process with an exact allocator (:class:`~deqir.bench.common.IsolatedMemory`).
 
 Summary, each the mean over the three tasks: ``gap_to_lu_deep_db`` (the best LU-deep by test PSNR
 minus LUSER), ``memory_ratio_lu_deep_over_luser`` (activation memory of the deepest LU-deep, DnCNN-17,
@@ -37,10 +38,8 @@ import torch
 
 from deqir.bench.common import (
     BenchReport,
-    PeakRSS,
-    SavedTensorBytes,
+    IsolatedMemory,
     export_run,
-    fix_malloc_threshold,
     load_shipped,
     mean_scores,
 )
@@ -130,28 +129,24 @@ def _data(cfg: Any, split: str, count: int, seed: int):
     return task.physics, x, sample.measurement, sample.init
 
 
-def _step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
+def _step_cost(model, op, x, y, x0, repeat: int, meter: IsolatedMemory) -> dict[str, float]:
+    """Time of a training step here (default allocator); its memory in the isolated worker."""
     model.train()
-    times, saved, peaks = [], [], []
+    times = []
     for r in range(repeat + 1):
         model.zero_grad(set_to_none=True)
-        with PeakRSS() as peak:
-            t0 = time.perf_counter()
-            with SavedTensorBytes() as st:
-                loss = (model(y, op, init=x0) - x).square().mean()
-            loss.backward()
-            dt = time.perf_counter() - t0
-        if r == 0:
-            continue  # warm-up
-        times.append(dt)
-        saved.append(st.bytes)
-        peaks.append(peak.delta)
+        t0 = time.perf_counter()
+        loss = (model(y, op, init=x0) - x).square().mean()
+        loss.backward()
+        if r:  # r == 0 warms up
+            times.append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
     model.eval()
+    memory = meter.step(model, op, x, y, x0, repeat=1)
     return {
         "step_seconds": statistics.median(times),
-        "activation_bytes": statistics.median(saved),
-        "peak_bytes": statistics.median(peaks),
+        "activation_bytes": memory["saved_bytes"],
+        "peak_bytes": memory["peak_bytes"],
     }
 
 
@@ -168,7 +163,6 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     from deqir.train.checkpoint import read_sidecar
     from deqir.train.config import config_from_dict
 
-    fix_malloc_threshold()
     n_test, repeat, batch = (2, 1, 2) if quick else (8, 3, 4)
     report = BenchReport(
         "luser",
@@ -185,39 +179,41 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     figure: dict[str, dict[str, torch.Tensor]] = {}
     jobs = [(t, v) for t in TASKS for v in VARIANTS]
     data: dict[str, tuple] = {}
-    for task, variant in tqdm(jobs, desc="luser bench", unit="model"):
-        name = run_name(task, variant)
-        try:
-            model = load_shipped(name)
-        except Exception as err:  # noqa: BLE001 - a missing model is a row, not a crash
-            report.add_row(kind="missing", task=task, method=variant, reason=str(err)[:200])
-            continue
-        side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
-        cfg = config_from_dict(side["config"])
-        if task not in data:  # every variant of a task shares its data section and physics
-            data[task] = (_data(cfg, "test", n_test, seed=2), _data(cfg, "train", batch, seed=3))
-        (op, test_x, test_y, test_x0), (_, tr_x, tr_y, tr_x0) = data[task]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            outs = [model(test_y[i : i + 1], op, init=test_x0[i : i + 1]) for i in range(len(test_x))]
-        out = torch.cat(outs)
-        test_seconds = (time.perf_counter() - t0) / len(test_x)
-        cost = _step_cost(model, op, tr_x, tr_y, tr_x0, repeat)
-        row = {
-            "kind": "model",
-            "task": task,
-            "method": variant,
-            "label": LABELS[variant],
-            **mean_scores(out, test_x),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **cost,
-            "test_seconds_per_image": test_seconds,
-            "train_steps": cfg.train.steps,
-            "test_images": len(test_x),
-        }
-        report.add_row(**row)
-        per_task.setdefault(task, {})[variant] = row
-        figure.setdefault(task, {"truth": test_x[0, 0], "init": test_x0[0, 0]})[LABELS[variant]] = out[0, 0]
+    with IsolatedMemory() as meter:  # one worker, exact peak memory (see IsolatedMemory)
+        for task, variant in tqdm(jobs, desc="luser bench", unit="model"):
+            name = run_name(task, variant)
+            try:
+                model = load_shipped(name)
+            except Exception as err:  # noqa: BLE001 - a missing model is a row, not a crash
+                report.add_row(kind="missing", task=task, method=variant, reason=str(err)[:200])
+                continue
+            side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
+            cfg = config_from_dict(side["config"])
+            if task not in data:  # every variant of a task shares its data section and physics
+                data[task] = (_data(cfg, "test", n_test, seed=2), _data(cfg, "train", batch, seed=3))
+            (op, test_x, test_y, test_x0), (_, tr_x, tr_y, tr_x0) = data[task]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                outs = [model(test_y[i : i + 1], op, init=test_x0[i : i + 1]) for i in range(len(test_x))]
+            out = torch.cat(outs)
+            test_seconds = (time.perf_counter() - t0) / len(test_x)
+            cost = _step_cost(model, op, tr_x, tr_y, tr_x0, repeat, meter)
+            row = {
+                "kind": "model",
+                "task": task,
+                "method": variant,
+                "label": LABELS[variant],
+                **mean_scores(out, test_x),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                **cost,
+                "test_seconds_per_image": test_seconds,
+                "train_steps": cfg.train.steps,
+                "test_images": len(test_x),
+            }
+            report.add_row(**row)
+            per_task.setdefault(task, {})[variant] = row
+            panels = figure.setdefault(task, {"truth": test_x[0, 0], "init": test_x0[0, 0]})
+            panels[LABELS[variant]] = out[0, 0]
 
     gaps, ratios, best_ratios, peak_ratios, gains = [], [], [], [], []
     for task, rows in per_task.items():

@@ -14,8 +14,9 @@ Three settings (METHODS.md §4, issue "ODER and its baselines"):
     RED(DEQ), ODER with 2 and 4 coils per iteration.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
-time, bytes saved for backward (``saved_tensors_hooks``), peak process memory above the
-step's starting point (RSS sampled every millisecond), applications of the measurement
+time (in this process), bytes autograd keeps for backward and peak process memory above the
+step's starting point (both in a worker process with an exact allocator,
+:class:`~deqir.bench.common.IsolatedMemory`), applications of the measurement
 operator counted exactly in blocks, and the share of step time spent inside the operator.
 
 The learned models are the shipped weights ``deqir/weights/oder_*.safetensors`` (written by
@@ -38,9 +39,8 @@ import torch
 from deqir.bench.common import (
     WEIGHTS_DIR,
     BenchReport,
-    PeakRSS,
+    IsolatedMemory,
     export_run,
-    fix_malloc_threshold,
     load_shipped,
     mean_scores,
     split_images,
@@ -271,46 +271,40 @@ class _OperatorMeter:
         self.op._forward, self.op._adjoint = self._fwd, self._adj
 
 
-def _training_step_cost(model, op, x, y, x0, repeat: int) -> dict[str, float]:
-    meter = _OperatorMeter(op)
+def _training_step_cost(model, op, x, y, x0, repeat: int, meter: IsolatedMemory) -> dict[str, float]:
+    """Time, operator share and block count of a training step here (default allocator); its
+    memory in the isolated worker (exact peak resident memory)."""
+    meter_op = _OperatorMeter(op)
     try:
-        times, op_times, blocks, saved, peaks = [], [], [], [], []
+        times, op_times, blocks = [], [], []
         for r in range(repeat + 1):
             model.zero_grad(set_to_none=True)
-            meter.reset()
-            total = [0]
-
-            def pack(t, total=total):
-                total[0] += t.numel() * t.element_size()
-                return t
-
-            with PeakRSS() as peak:
-                t0 = time.perf_counter()
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    loss = (model(y, op, init=x0) - x).square().mean()
-                loss.backward()
-                dt = time.perf_counter() - t0
+            meter_op.reset()
+            t0 = time.perf_counter()
+            loss = (model(y, op, init=x0) - x).square().mean()
+            loss.backward()
+            dt = time.perf_counter() - t0
             if r == 0:
                 continue  # warm-up (kernel caches, allocator)
             times.append(dt)
-            op_times.append(meter.seconds)
-            blocks.append(meter.blocks)
-            saved.append(total[0])
-            peaks.append(peak.delta)
+            op_times.append(meter_op.seconds)
+            blocks.append(meter_op.blocks)
     finally:
-        meter.close()
+        meter_op.close()
+    model.zero_grad(set_to_none=True)
+    memory = meter.step(model, op, x, y, x0, repeat=1)
     t = statistics.median(times)
     return {
         "step_seconds": t,
         "operator_share": statistics.median(o / s for o, s in zip(op_times, times, strict=True)),
         "operator_block_applications": statistics.median(blocks),
         "operator_full_applications": statistics.median(blocks) / op.num_blocks,
-        "saved_bytes": statistics.median(saved),
-        "peak_bytes": statistics.median(peaks),
+        "saved_bytes": memory["saved_bytes"],
+        "peak_bytes": memory["peak_bytes"],
     }
 
 
-def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, report) -> dict:
+def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, report, meter) -> dict:
     from deqir.methods.equilibrium import REDEquilibrium
 
     y = _simulate(op, x, snr_db, seed=3)
@@ -329,7 +323,7 @@ def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, rep
             adjoint="phantom",
             phantom_steps=3,
         )
-        cost = _training_step_cost(model, op, x, y, x0, repeat)
+        cost = _training_step_cost(model, op, x, y, x0, repeat, meter)
         with torch.no_grad():
             model.max_iter = TEST_ITERATIONS
             t0 = time.perf_counter()
@@ -398,12 +392,16 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     if figure_path is None:
         figure_path = "out/oder_quick.png" if quick else "results/oder.png"
     Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
+    with IsolatedMemory() as meter:
+        return _run(quick, Path(figure_path), meter)
+
+
+def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     from tqdm.auto import tqdm
 
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
-    exact_malloc = fix_malloc_threshold()
     n_test = 2 if quick else 6
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3
@@ -425,9 +423,11 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
             "val_images": n_val,
             "cost_repeats": repeat,
             "torch_threads": torch.get_num_threads(),
-            "peak_memory": "VmHWM after resetting it (/proc/self/clear_refs) minus the resident size at the "
-            "start of the step; glibc mmap threshold fixed at 128 kB"
-            + ("" if exact_malloc else " (mallopt unavailable: heap reuse may hide allocations)"),
+            "step_time": "timed in the benchmark's process with the default allocator",
+            "peak_memory": "measured in a worker process whose glibc mmap threshold is fixed at 128 kB from "
+            "its start (IsolatedMemory): VmHWM after resetting it (/proc/self/clear_refs) minus the "
+            "resident size at the start of the step",
+            "saved_bytes": "distinct storages autograd keeps between forward and backward",
         },
     )
     bar = tqdm(total=5, desc="bench oder", file=sys.stderr, leave=False)
@@ -469,7 +469,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     x_cost = _images("ct_phantoms+brain", "test", cost_batch)
     widths = (30, 90) if quick else (10, 30, 90)
     costs["ct 128², b=90"] = _cost_rows(
-        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report
+        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report, meter
     )
     bar.update(1)
     # (b) heavy CT
@@ -477,7 +477,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     x_heavy = _images("ct_phantoms+brain", "test", cost_batch, size=256)
     widths = (240, 720) if quick else (60, 120, 240, 720)
     costs["ct 256², b=720"] = _cost_rows(
-        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report
+        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report, meter
     )
     bar.update(1)
     # (c) MRI
@@ -514,6 +514,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
         (2, 4, 8),
         repeat,
         report,
+        meter,
     )
     bar.update(1)
     bar.close()

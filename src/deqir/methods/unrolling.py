@@ -85,9 +85,11 @@ class ShallowEquilibrium(nn.Module):
         adjoint: ``implicit`` (IFT, the adjoint equation solved by fixed-point iteration) or
             ``jfb`` (Jacobian-free: the gradient of one application at ``z*``).
         backward_max_iter, backward_tol: the implicit adjoint solve.
-        recompute: keep only ``z*`` and ``v`` for the backward pass and recompute the cell's
-            activations there (:func:`torch.utils.checkpoint.checkpoint`): the memory a DEQ needs,
-            the state at equilibrium, at the price of one more cell application per adjoint step.
+        recompute: keep only ``z*`` and ``v`` for the backward pass (the readout reads the same
+            ``z*``) and rebuild the graph of one cell application there: the memory a DEQ needs,
+            one feature map per step, at the price of one more cell application in the backward
+            pass. Without it the backward keeps the graph of ``f(z*)``: the cell's activations and
+            a second feature map.
 
     Attributes:
         last_stats: the engine's statistics of the last solve.
@@ -123,20 +125,77 @@ class ShallowEquilibrium(nn.Module):
         self.last_stats: Any = None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        from torch.utils.checkpoint import checkpoint
-
         from deqir.solvers import fixed_point
 
-        cell, recompute = self.cell, self.recompute
-
-        def f(z: torch.Tensor) -> torch.Tensor:
-            if recompute and torch.is_grad_enabled():
-                return checkpoint(cell, z, v, use_reentrant=False)
-            return cell(z, v)
-
-        sol = fixed_point(f, cell.initial_state(v), self.solver, self.adjoint)
+        cell = self.cell
+        params = [p for p in cell.parameters() if p.requires_grad]
+        needs_grad = torch.is_grad_enabled() and (v.requires_grad or bool(params))
+        if not (self.recompute and needs_grad):
+            sol = fixed_point(lambda z: cell(z, v), cell.initial_state(v), self.solver, self.adjoint)
+            self.last_stats = sol.stats
+            return cell.readout(sol.value, v)
+        with torch.no_grad():
+            sol = fixed_point(lambda z: cell(z, v), cell.initial_state(v), self.solver)
         self.last_stats = sol.stats
-        return cell.readout(sol.value, v)
+        z_star = _RecomputedEquilibrium.apply(self, sol.stats.backward, sol.value, v, *params)
+        return cell.readout(z_star, v)
+
+    def adjoint_solution(self, vjp, g: torch.Tensor, backward_stats: Any) -> torch.Tensor:
+        """``u = J_fᵀ u + g`` (implicit) or ``u = g`` (Jacobian-free), for flat ``(batch, dim)`` ``g``.
+
+        Samples whose solution is NaN/inf get a zero gradient and are flagged in
+        ``backward_stats.nonfinite`` (the engine's convention).
+        """
+        from deqir.solvers import JacobianFree
+
+        if isinstance(self.adjoint, JacobianFree):
+            u, stats = g, None
+        else:
+            with torch.no_grad():
+                u, stats = self.adjoint.adjoint_solver.solve(lambda w: vjp(w) + g, g)
+        bad = ~torch.isfinite(u).all(dim=1)
+        u = torch.where(bad[:, None], torch.zeros_like(u), u)
+        backward_stats.calls += 1
+        backward_stats.nonfinite = bad
+        if stats is not None:
+            backward_stats.iterations, backward_stats.converged = stats.iterations, stats.converged
+            backward_stats.abs_residual, backward_stats.rel_residual = stats.abs_residual, stats.rel_residual
+        return u
+
+
+class _RecomputedEquilibrium(torch.autograd.Function):
+    """``z*`` itself in forward (saving only ``z*`` and ``v``); backward rebuilds ``f(z*, v)``.
+
+    The backward pass solves the adjoint equation through the rebuilt single application and
+    returns ``(∂f/∂v)ᵀu`` and ``(∂f/∂θ)ᵀu``: the implicit-function-theorem gradient of ``z*``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, layer: ShallowEquilibrium, backward_stats: Any, z_star, v, *params):  # noqa: D102
+        ctx.layer, ctx.backward_stats, ctx.num_params = layer, backward_stats, len(params)
+        ctx.save_for_backward(z_star, v)
+        return z_star.view_as(z_star)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # noqa: D102
+        z_star, v = ctx.saved_tensors
+        layer = ctx.layer
+        params = [p for p in layer.cell.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            z_req = z_star.detach().requires_grad_()
+            v_req = v.detach().requires_grad_(ctx.needs_input_grad[3])
+            out = layer.cell(z_req, v_req)
+            batch = grad.shape[0]
+
+            def vjp(w: torch.Tensor) -> torch.Tensor:
+                (res,) = torch.autograd.grad(out, z_req, w.view_as(out), retain_graph=True)
+                return res.reshape(batch, -1)
+
+            u = layer.adjoint_solution(vjp, grad.reshape(batch, -1), ctx.backward_stats).view_as(out)
+            wrt = ([v_req] if v_req.requires_grad else []) + params
+            grads = list(torch.autograd.grad(out, wrt, u, allow_unused=True)) if wrt else []
+        grad_v = grads.pop(0) if v_req.requires_grad else None
+        return (None, None, None, grad_v, *grads)
 
 
 class _FeedForwardCell(nn.Module):
