@@ -110,6 +110,26 @@ def test_recompute_keeps_less_for_the_backward_and_the_same_gradient():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("recompute", [True, False])
+def test_jacobian_free_gradient_is_one_application_at_the_fixed_point(recompute):
+    dtype = torch.float64
+    cell = _cell(seed=3, dtype=dtype)
+    v = torch.rand(2, 1, 8, 8, dtype=dtype)
+    target = torch.rand(2, 1, 8, 8, dtype=dtype)
+    reg = ShallowEquilibrium(cell, max_iter=200, tol=1e-12, adjoint="jfb", recompute=recompute)
+    (reg(v) - target).square().sum().backward()
+    jfb = [p.grad.clone() for p in cell.parameters()]
+    assert int(reg.last_stats.backward.calls) == 1
+    cell.zero_grad()
+    with torch.no_grad():
+        z = cell.initial_state(v)
+        for _ in range(200):
+            z = cell(z, v)
+    (cell.readout(cell(z, v), v) - target).square().sum().backward()
+    for a, b in zip(jfb, [p.grad for p in cell.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_luser_activation_memory_does_not_grow_with_iterations_and_is_below_lu_deep():
     op, x, y = _problem(n=16, batch=2)
 

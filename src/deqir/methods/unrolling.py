@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from deqir.errors import ConfigError, InvalidValueError, unknown_name_message
 from deqir.methods.common import inverse_softplus, lipschitz
@@ -177,6 +178,7 @@ class _RecomputedEquilibrium(torch.autograd.Function):
         return z_star.view_as(z_star)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor):  # noqa: D102
         z_star, v = ctx.saved_tensors
         layer = ctx.layer
