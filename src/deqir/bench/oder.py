@@ -146,6 +146,16 @@ def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_I
     return best[2], best[1]
 
 
+def _train_steps(name: str | None) -> int | None:
+    """Training steps of a shipped model, from its sidecar's config (``None`` for untrained methods)."""
+    from deqir.train.checkpoint import read_sidecar
+
+    if name is None or not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+        return None
+    side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
+    return (side.get("config") or {}).get("train", {}).get("steps")
+
+
 def _quality(
     task: str,
     op,
@@ -220,6 +230,13 @@ def _quality(
                     t0 = time.perf_counter()
                     with torch.no_grad():
                         recs["unet_post"] = (model(x0), (time.perf_counter() - t0) / x.shape[0])
+        shipped = {
+            "red_deq": names.get("red_deq"),
+            "red_deq_anderson": names.get("red_deq"),
+            "red_unfold": names.get("unfold"),
+            "unet_post": names.get("unet_post"),
+            **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
+        }
         for method, (out, seconds) in recs.items():
             s = _scores(out, x)
             results.setdefault(set_name, {})[method] = s["snr"]
@@ -238,6 +255,7 @@ def _quality(
                     "red_denoising": {"tau": tau},
                     "red_denoising_100it": {"tau": tau_long},
                 }.get(method),
+                train_steps=_train_steps(shipped.get(method)),
             )
         if set_name == "test":
             figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}
