@@ -18,7 +18,7 @@ RED(DEQ)), ``oder_minus_tikhonov_db``, ``oder_minus_tv_db``, ``oder_minus_red_de
 ``operator_applications_ratio`` (exactly w/b).
 
 Nothing is trained here (``make idt`` trains and exports the models). ``--quick``: 2 test images,
-2 validation images, one repeat of each cost.
+2 validation images, one repeat of each cost with 10 iterations.
 
 Example:
     >>> from deqir.bench.idt import WIDTHS
@@ -62,7 +62,7 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
 def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> BenchReport:
     from tqdm.auto import tqdm
 
-    from deqir.bench.oder import _cost_rows, _figure, _quality
+    from deqir.bench.oder import QUICK_COST_ITERATIONS, _cost_rows, _figure, _quality
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
@@ -114,6 +114,7 @@ def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> 
             repeat,
             report,
             meter,
+            QUICK_COST_ITERATIONS if quick else None,
         )
     }
     bar.update(1)

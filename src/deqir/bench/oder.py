@@ -21,7 +21,8 @@ operator counted exactly in blocks, and the share of step time spent inside the 
 
 The learned models are the shipped weights ``deqir/weights/oder_*.safetensors`` (written by
 :func:`export_all` from the runs of ``configs/oder_*.yaml``); nothing is trained here, so
-``--quick`` (fewer test images, fewer cost repeats) re-evaluates them in under a minute.
+``--quick`` (fewer test images, short TV and τ grids, one cost repeat with
+:data:`QUICK_COST_ITERATIONS` iterations) re-evaluates them in about a minute.
 
 Example:
     $ deqir bench oder --quick --json out/oder-quick.json
@@ -57,6 +58,7 @@ CT_RUNS = (
 MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
 TEST_ITERATIONS = 40  # Nesterov iterations at test time, as in training (the paper: 180 at 512²)
 TRAIN_ITERATIONS = 40  # forward iterations of one training step (as in the configs)
+QUICK_COST_ITERATIONS = 10  # --quick: cost rows with 10 iterations (ratios between w, not absolute cost)
 TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging; 0 for full batch)
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
 RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -322,8 +324,15 @@ def _training_step_cost(model, op, x, y, x0, repeat: int, meter: IsolatedMemory)
     }
 
 
-def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, report, meter) -> dict:
+def _cost_rows(
+    task, setting, op, net, x, snr_db, init_kind, widths, repeat, report, meter, iterations=None
+) -> dict:
+    """Cost rows for each w; ``iterations`` (default: as in training and testing) scales both the
+    training step and the test reconstruction (``--quick`` uses :data:`QUICK_COST_ITERATIONS`)."""
     from deqir.methods.equilibrium import REDEquilibrium
+
+    train_iterations = iterations or TRAIN_ITERATIONS
+    test_iterations = iterations or TEST_ITERATIONS
 
     y = _simulate(op, x, snr_db, seed=3)
     x0 = _init(op, y, init_kind)
@@ -335,7 +344,7 @@ def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, rep
             mode=mode,
             minibatch=None if mode == "deq" else w,
             solver="nesterov",
-            max_iter=TRAIN_ITERATIONS,
+            max_iter=train_iterations,
             step=STEP,
             tol=0.0,
             adjoint="phantom",
@@ -343,12 +352,20 @@ def _cost_rows(task, setting, op, net, x, snr_db, init_kind, widths, repeat, rep
         )
         cost = _training_step_cost(model, op, x, y, x0, repeat, meter)
         with torch.no_grad():
-            model.max_iter = TEST_ITERATIONS
+            model.max_iter = test_iterations
             t0 = time.perf_counter()
             model(y[:1], op, init=x0[:1])
             cost["test_seconds_per_image"] = time.perf_counter() - t0
         out[w] = cost
-        report.add_row(section="cost", task=task, setting=setting, w=w, b=op.num_blocks, **cost)
+        report.add_row(
+            section="cost",
+            task=task,
+            setting=setting,
+            w=w,
+            b=op.num_blocks,
+            iterations=train_iterations,
+            **cost,
+        )
     return out
 
 
@@ -420,6 +437,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
+    cost_iterations = QUICK_COST_ITERATIONS if quick else None
     n_test = 2 if quick else 6
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3
@@ -432,6 +450,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
             "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
             "training": f"{TRAIN_ITERATIONS} Nesterov iterations + 3-step phantom gradient, batch 2",
+            "cost_iterations": QUICK_COST_ITERATIONS if quick else TRAIN_ITERATIONS,
             "test_solvers": f"ODER, RED(DEQ) (= w = b) and RED(Denoising): {TEST_ITERATIONS} Nesterov "
             f"iterations, as in training; ODER then averages {TEST_AVERAGE} further iterations "
             "(tail averaging) (red_deq_anderson: the full-batch map by Anderson, m=5, tol 1e-4, "
@@ -487,7 +506,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     x_cost = _images("ct_phantoms+brain", "test", cost_batch)
     widths = (30, 90) if quick else (10, 30, 90)
     costs["ct 128², b=90"] = _cost_rows(
-        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report, meter
+        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report, meter, cost_iterations
     )
     bar.update(1)
     # (b) heavy CT
@@ -495,7 +514,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     x_heavy = _images("ct_phantoms+brain", "test", cost_batch, size=256)
     widths = (240, 720) if quick else (60, 120, 240, 720)
     costs["ct 256², b=720"] = _cost_rows(
-        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report, meter
+        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report, meter, cost_iterations
     )
     bar.update(1)
     # (c) MRI
@@ -533,6 +552,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         repeat,
         report,
         meter,
+        cost_iterations,
     )
     bar.update(1)
     bar.close()
