@@ -102,7 +102,7 @@ luser: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench luser --json results/luser.json
 
 # ODER on intensity diffraction tomography (issue 9): pretrain the 8-channel RED prior on synthetic
-# cells, fine-tune RED(DEQ) (72 LEDs) and ODER (24 of 72), export, benchmark (about an hour).
+# cells, fine-tune RED(DEQ) (72 LEDs) and ODER (24 of 72), export, benchmark (about 1.5 hours).
 IDT_RUNS = oder_idt_prior oder_idt_red_deq oder_idt_w24
 .PHONY: idt
 idt: $(STAMP)
