@@ -149,3 +149,31 @@ def test_spectral_norm_models_survive_the_trip_to_the_memory_worker():
         torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError, match="Serialization of parametrized modules"):
         pickle.dumps(model)  # the original is still parametrized
+
+
+def test_memory_worker_that_never_answers_gives_a_clear_error(monkeypatch):
+    import os
+    import signal
+
+    from deqir.methods.unrolling import build_loop_unrolled
+    from deqir.physics.registry import build_operator
+    from deqir.priors import DnCNN
+
+    op = build_operator("blur", 16, kernel_size=5)
+    x = torch.rand(1, 1, 16, 16)
+    model = build_loop_unrolled(DnCNN(depth=3, width=4), steps=2)
+    with common.IsolatedMemory() as meter:
+        meter.timeout_s = 20.0
+        assert meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"] > 0
+        workers = [w.pid for w in meter._pool._pool]
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # a worker that hangs (or was killed) never answers
+        meter.timeout_s = 2.0
+        try:
+            with pytest.raises(RuntimeError, match="memory worker gave no answer"):
+                meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        meter.timeout_s = 20.0  # the worker resumes, answers the late request, then this one
+        assert meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"] > 0

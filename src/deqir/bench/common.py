@@ -400,10 +400,26 @@ class IsolatedMemory:
         self._pool = ctx.Pool(1, initializer=_memory_worker_init, initargs=(torch.get_num_threads(),))
         return self
 
+    #: seconds to wait for one measurement (a worker killed by the kernel never answers)
+    timeout_s: float = 1800.0
+
     def step(self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
-        """:func:`training_step_memory` in the worker."""
+        """:func:`training_step_memory` in the worker.
+
+        Raises:
+            RuntimeError: the worker did not answer within :attr:`timeout_s` (killed for memory?).
+        """
+        import multiprocessing
+
         clone, removed = _picklable(model)
-        return self._pool.apply(_measure_in_worker, (clone, removed, (physics, x, y, init, repeat)))
+        pending = self._pool.apply_async(_measure_in_worker, (clone, removed, (physics, x, y, init, repeat)))
+        try:
+            return pending.get(self.timeout_s)
+        except multiprocessing.TimeoutError:
+            raise RuntimeError(
+                f"the memory worker gave no answer in {self.timeout_s:.0f} s; it may have been killed for "
+                "memory (check `dmesg`), or raise IsolatedMemory.timeout_s for a very slow step"
+            ) from None
 
     def __exit__(self, *exc) -> None:
         self._pool.terminate()
