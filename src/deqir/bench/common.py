@@ -391,6 +391,9 @@ class IsolatedMemory:
         True
     """
 
+    #: seconds to wait for one measurement (a worker killed by the kernel never answers)
+    timeout_s: float = 1800.0
+
     def __enter__(self) -> IsolatedMemory:
         import multiprocessing
 
@@ -399,9 +402,6 @@ class IsolatedMemory:
         ctx = multiprocessing.get_context("spawn")
         self._pool = ctx.Pool(1, initializer=_memory_worker_init, initargs=(torch.get_num_threads(),))
         return self
-
-    #: seconds to wait for one measurement (a worker killed by the kernel never answers)
-    timeout_s: float = 1800.0
 
     def step(self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
         """:func:`training_step_memory` in the worker.

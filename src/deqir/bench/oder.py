@@ -188,6 +188,14 @@ def _quality(
     if not quick:
         red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, iterations=100)
     models = {v: load_shipped(names[v]) for v in variants}
+    shipped = {
+        "red_deq": names.get("red_deq"),
+        "red_deq_anderson": names.get("red_deq"),
+        "red_unfold": names.get("unfold"),
+        "unet_post": names.get("unet_post"),
+        **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
+    }
+    train_steps = {method: _train_steps(name) for method, name in shipped.items()}
     results: dict[str, dict[str, float]] = {}
     for set_name, x in test_sets.items():
         if x.shape[0] == 0:
@@ -232,13 +240,6 @@ def _quality(
                     t0 = time.perf_counter()
                     with torch.no_grad():
                         recs["unet_post"] = (model(x0), (time.perf_counter() - t0) / x.shape[0])
-        shipped = {
-            "red_deq": names.get("red_deq"),
-            "red_deq_anderson": names.get("red_deq"),
-            "red_unfold": names.get("unfold"),
-            "unet_post": names.get("unet_post"),
-            **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
-        }
         for method, (out, seconds) in recs.items():
             s = _scores(out, x)
             results.setdefault(set_name, {})[method] = s["snr"]
@@ -257,7 +258,7 @@ def _quality(
                     "red_denoising": {"tau": tau},
                     "red_denoising_100it": {"tau": tau_long},
                 }.get(method),
-                train_steps=_train_steps(shipped.get(method)),
+                train_steps=train_steps.get(method),
             )
         if set_name == "test":
             figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}

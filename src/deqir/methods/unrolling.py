@@ -141,28 +141,6 @@ class ShallowEquilibrium(nn.Module):
         z_star = _RecomputedEquilibrium.apply(self, sol.stats.backward, sol.value, v, *params)
         return cell.readout(z_star, v)
 
-    def adjoint_solution(self, vjp, g: torch.Tensor, backward_stats: Any) -> torch.Tensor:
-        """``u = J_fᵀ u + g`` (implicit) or ``u = g`` (Jacobian-free), for flat ``(batch, dim)`` ``g``.
-
-        Samples whose solution is NaN/inf get a zero gradient and are flagged in
-        ``backward_stats.nonfinite`` (the engine's convention).
-        """
-        from deqir.solvers import JacobianFree
-
-        if isinstance(self.adjoint, JacobianFree):
-            u, stats = g, None
-        else:
-            with torch.no_grad():
-                u, stats = self.adjoint.adjoint_solver.solve(lambda w: vjp(w) + g, g)
-        bad = ~torch.isfinite(u).all(dim=1)
-        u = torch.where(bad[:, None], torch.zeros_like(u), u)
-        backward_stats.calls += 1
-        backward_stats.nonfinite = bad
-        if stats is not None:
-            backward_stats.iterations, backward_stats.converged = stats.iterations, stats.converged
-            backward_stats.abs_residual, backward_stats.rel_residual = stats.abs_residual, stats.rel_residual
-        return u
-
 
 class _RecomputedEquilibrium(torch.autograd.Function):
     """``z*`` itself in forward (saving only ``z*`` and ``v``); backward rebuilds ``f(z*, v)``.
@@ -173,7 +151,7 @@ class _RecomputedEquilibrium(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, layer: ShallowEquilibrium, backward_stats: Any, z_star, v, *params):  # noqa: D102
-        ctx.layer, ctx.backward_stats, ctx.num_params = layer, backward_stats, len(params)
+        ctx.layer, ctx.backward_stats = layer, backward_stats
         ctx.save_for_backward(z_star, v)
         return z_star.view_as(z_star)
 
@@ -193,7 +171,8 @@ class _RecomputedEquilibrium(torch.autograd.Function):
                 (res,) = torch.autograd.grad(out, z_req, w.view_as(out), retain_graph=True)
                 return res.reshape(batch, -1)
 
-            u = layer.adjoint_solution(vjp, grad.reshape(batch, -1), ctx.backward_stats).view_as(out)
+            g = grad.reshape(batch, -1)
+            u = layer.adjoint.solve_adjoint(vjp, g, ctx.backward_stats).view_as(out)
             wrt = ([v_req] if v_req.requires_grad else []) + params
             grads = list(torch.autograd.grad(out, wrt, u, allow_unused=True)) if wrt else []
         grad_v = grads.pop(0) if v_req.requires_grad else None

@@ -253,12 +253,24 @@ class _ImplicitFn(torch.autograd.Function):
         with torch.no_grad():
             u, ustats = st.solver.solve(lambda v: st.vjp(v) + g, g)
         u, bad_u = st.sanitize(u, "implicit adjoint solution", ustats.failed)
-        bs = st.backward
-        bs.calls += 1
-        bs.iterations, bs.converged = ustats.iterations, ustats.converged
-        bs.abs_residual, bs.rel_residual = ustats.abs_residual, ustats.rel_residual
-        bs.nonfinite = bad_in | bad_u
+        _record_adjoint(st.backward, ustats, bad_in | bad_u)
         return (None, *st.unflat(u))
+
+
+def _record_adjoint(backward: BackwardStats, ustats: SolverStats | None, bad: torch.Tensor) -> None:
+    """Fill ``backward`` after one backward pass (``ustats``: the adjoint solve's, if any)."""
+    backward.calls += 1
+    backward.nonfinite = bad
+    if ustats is not None:
+        backward.iterations, backward.converged = ustats.iterations, ustats.converged
+        backward.abs_residual, backward.rel_residual = ustats.abs_residual, ustats.rel_residual
+
+
+def _zero_nonfinite(u: torch.Tensor, failed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    bad = ~torch.isfinite(u).all(dim=1)
+    if failed is not None:
+        bad = bad | failed
+    return torch.where(bad[:, None], torch.zeros_like(u), u), bad
 
 
 @dataclass
@@ -301,6 +313,28 @@ class ImplicitAdjoint(Adjoint):
             if v is not None
         }
         self.adjoint_solver = self.solver.replace(**changes) if changes else self.solver
+
+    def solve_adjoint(
+        self, vjp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, backward: BackwardStats
+    ) -> torch.Tensor:
+        """``u = J_fᵀ u + g`` for flat ``(batch, dim)`` ``g``, given ``vjp(u) = J_fᵀ u``.
+
+        For layers that rebuild ``f``'s graph in their own backward pass (e.g.
+        :class:`deqir.methods.unrolling.ShallowEquilibrium`). Samples whose solution is NaN/inf
+        get ``u = 0`` and are flagged in ``backward.nonfinite``; ``backward`` records the solve.
+
+        Example:
+            >>> from deqir.solvers.base import BackwardStats
+            >>> stats = BackwardStats()
+            >>> u = ImplicitAdjoint(tol=1e-8).solve_adjoint(lambda w: 0.5 * w, torch.ones(1, 2), stats)
+            >>> [round(v, 6) for v in u[0].tolist()], stats.calls
+            ([2.0, 2.0], 1)
+        """
+        with torch.no_grad():
+            u, ustats = self.adjoint_solver.solve(lambda w: vjp(w) + g, g)
+        u, bad = _zero_nonfinite(u, ustats.failed)
+        _record_adjoint(backward, ustats, bad)
+        return u
 
     def _attach(self, problem, z_star, stats):
         spec = problem.spec
@@ -390,6 +424,20 @@ class JacobianFree(PhantomAdjoint):
 
     steps: int = field(default=1, init=False)
     damping: float = field(default=1.0, init=False)
+
+    def solve_adjoint(
+        self, vjp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, backward: BackwardStats
+    ) -> torch.Tensor:
+        """``u = g`` (the Jacobian-free adjoint); the interface of :meth:`ImplicitAdjoint.solve_adjoint`.
+
+        Example:
+            >>> from deqir.solvers.base import BackwardStats
+            >>> JacobianFree().solve_adjoint(lambda w: 0.5 * w, torch.ones(1, 2), BackwardStats()).tolist()
+            [[1.0, 1.0]]
+        """
+        u, bad = _zero_nonfinite(g)
+        _record_adjoint(backward, None, bad)
+        return u
 
 
 # --------------------------------------------------------------------------- unrolled
