@@ -145,6 +145,24 @@ def test_smooth_resunet_shapes():
         SmoothResUNet(activation="softpls")
 
 
+def test_sigma_scaled_residual_is_the_identity_at_sigma_zero():
+    torch.manual_seed(0)
+    plain = SmoothResUNet(channels=(8, 16), noise_level_input=True)
+    scaled = SmoothResUNet(channels=(8, 16), noise_level_input=True, sigma_scaled_residual=True)
+    scaled.load_state_dict(plain.state_dict())  # same parameters: only the read-out differs
+    x = torch.rand(3, 1, 15, 16)
+    sigma = torch.tensor([0.0, 0.05, 0.2])
+    assert torch.equal(scaled(x, sigma)[0], x[0]) and not torch.equal(plain(x, sigma)[0], x[0])
+    # residual = sigma * body, per batch item, in every output mode that has a residual
+    expected = plain.residual_map(x, sigma) * sigma.reshape(3, 1, 1, 1)
+    torch.testing.assert_close(scaled.residual_map(x, sigma), expected)
+    torch.testing.assert_close(scaled(x, 0.1), x - 0.1 * plain.residual_map(x, 0.1))
+    with pytest.raises(ConfigError, match="noise_level_input"):
+        SmoothResUNet(sigma_scaled_residual=True)
+    with pytest.raises(ConfigError, match="residual output"):
+        SmoothResUNet(noise_level_input=True, output="direct", sigma_scaled_residual=True)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"activation": "softplus", "bias": True, "output": "direct"}, {"spectral_norm": True}],

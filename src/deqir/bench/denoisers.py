@@ -16,9 +16,15 @@ installed, scico's DnCNN-6 and DnCNN-17 with the variant a fair user would pick 
 everywhere; and total-variation denoising (``skimage.restoration.denoise_tv_chambolle``) with its
 weight tuned per domain and sigma on the validation split (CT: the ``ct_like`` validation split).
 
+Low noise: each domain's own denoiser also runs on the clean images at sigma 0 and on
+sigma = 1/255 (48 dB) noise, where PnP/RED at 40-50 dB input SNR call it; it should be (near)
+the identity there (rows with ``variant="low_noise_check"``; PSNR capped at 100 dB).
+
 Summary: ``natural_vs_scico17_at_25`` (our natural PSNR minus scico DnCNN-17's at sigma 25, dB;
 positive: ours is ahead), the same at 15 and 50 and against 17M, our PSNR per domain and sigma
-(``psnr_<domain>_<sigma>``, each domain's own denoiser) and the noisy input's.
+(``psnr_<domain>_<sigma>``, each domain's own denoiser) and the noisy input's;
+``identity_max_abs_error_<domain>`` (``max |D(x, 0) - x|``) and ``low_noise_gain_<domain>_db``
+(PSNR of ``D`` minus that of its input at sigma 1/255).
 
 ``deqir bench denoisers --json results/denoisers.json`` also writes ``results/denoisers.png``
 (noisy / ours / scico DnCNN-17M / clean crops at sigma 25) next to the JSON.
@@ -39,6 +45,8 @@ import torch
 from deqir.bench.common import BenchReport
 
 SIGMAS = (15, 25, 50)
+#: sigma (/255) of the low-noise check of each domain's own denoiser (0: the clean image itself)
+LOW_SIGMAS = (0, 1)
 #: domain -> (test source, validation source used to tune the classical baseline, our model)
 DOMAINS: dict[str, tuple[str, str, str]] = {
     "natural": ("natural", "natural", "natural"),
@@ -142,6 +150,7 @@ def run(quick: bool = False) -> DenoiserReport:
         config={
             "quick": quick,
             "sigmas_over_255": list(SIGMAS),
+            "low_noise_sigmas_over_255": list(LOW_SIGMAS),
             "image_size": IMAGE_SIZE,
             "max_test_images_per_domain": limit,
             "quick_centre_crop": crop,
@@ -163,6 +172,7 @@ def run(quick: bool = False) -> DenoiserReport:
     )
     tv_weights = TV_WEIGHTS if not quick else TV_WEIGHTS[1::2]
     results: dict[tuple[str, int, str], float] = {}
+    low_noise: dict[str, Any] = {}
     for domain, (test_source, val_source, own) in DOMAINS.items():
         clean = _images(test_source, "test", limit, crop)
         if clean is None:
@@ -215,8 +225,44 @@ def run(quick: bool = False) -> DenoiserReport:
                 )
                 if s == 25 and method in ("noisy", f"deqir_{own}", "scico_dncnn17M") and domain != "ct_like":
                     _add_panel(report, domain, method, clean, out, p)
+        if own in ours:
+            low_noise.update(_low_noise(report, domain, own, ours[own], clean))
     _summarise(report, results)
+    report.summary.update(low_noise)
     return report
+
+
+def _low_noise(
+    report: DenoiserReport, domain: str, own: str, net: Any, clean: torch.Tensor
+) -> dict[str, Any]:
+    """Rows and summary entries of the low-noise check (see the module docstring)."""
+    from deqir.metrics import psnr, ssim
+    from deqir.priors.pretrained import add_test_noise
+
+    out: dict[str, Any] = {}
+    for s in LOW_SIGMAS:
+        sigma = s / 255
+        noisy = add_test_noise(clean, sigma, seed=0) if s else clean
+        denoised = _batched(lambda y, sigma=sigma: net(y, sigma), noisy)
+        if s == 0:
+            out[f"identity_max_abs_error_{domain}"] = float((denoised - clean).abs().max())
+        pairs = [(f"deqir_{own}", denoised)] + ([("noisy", noisy)] if s else [])
+        for method, x in pairs:
+            report.add_row(
+                domain=domain,
+                sigma=s,
+                method=method,
+                psnr=round(float(psnr(x, clean).clamp_max(100.0).mean()), 3),
+                ssim=round(float(ssim(x, clean).mean()), 4),
+                images=int(clean.shape[0]),
+                variant="low_noise_check",
+                tv_weight=None,
+                seconds=None,
+            )
+        if s:
+            gain = psnr(denoised, clean) - psnr(noisy, clean)
+            out[f"low_noise_gain_{domain}_db"] = round(float(gain.mean()), 3)
+    return out
 
 
 def _tune_tv_grid(val: torch.Tensor, sigma: float, weights: tuple[float, ...]) -> float:

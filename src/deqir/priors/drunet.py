@@ -95,6 +95,10 @@ class SmoothResUNet(ImageToImagePrior):
         output: ``"denoised"`` (``x − body(x)``), ``"residual"`` or ``"direct"`` (``body(x)``).
         residual: Shortcut: True is ``output="denoised"``, False is ``output="direct"``.
         noise_level_input: Add an input channel filled with σ; call ``net(x, sigma)``.
+        sigma_scaled_residual: With ``noise_level_input`` and a residual output: the body predicts
+            the unit-variance noise ``n / σ`` and the residual is ``σ · body``, so ``D(x, 0) = x``
+            exactly and at small σ the output can never stray far from the input (an unscaled
+            blind network smooths clean edges even at σ = 0, which caps PnP/RED at high SNR).
 
     Example:
         >>> net = SmoothResUNet(channels=(8, 16), blocks_per_level=1, activation="softplus")
@@ -115,6 +119,7 @@ class SmoothResUNet(ImageToImagePrior):
         output: str | None = None,
         residual: bool | None = None,
         noise_level_input: bool = False,
+        sigma_scaled_residual: bool = False,
     ) -> None:
         super().__init__()
         chans = [int(c) for c in channels]
@@ -128,6 +133,13 @@ class SmoothResUNet(ImageToImagePrior):
         self.out_channels = in_channels if out_channels is None else out_channels
         self.output = resolve_output_mode(output, residual)
         self.noise_level_input = noise_level_input
+        self.sigma_scaled_residual = bool(sigma_scaled_residual)
+        if self.sigma_scaled_residual and (not noise_level_input or self.output == "direct"):
+            raise ConfigError(
+                "sigma_scaled_residual needs noise_level_input=True and a residual output "
+                f"(output='denoised' or 'residual'); got noise_level_input={noise_level_input}, "
+                f"output='{self.output}'"
+            )
         self.channels = tuple(chans)
         self.multiple = 2 ** (len(chans) - 1)
         self._check_modes()

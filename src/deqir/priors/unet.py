@@ -103,6 +103,18 @@ def crop_padding(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tens
 
 def append_noise_map(x: torch.Tensor, sigma: SigmaLike) -> torch.Tensor:
     """Concatenate a channel filled with ``sigma`` (a float or one value per batch item) to ``x``."""
+    b = x.shape[0]
+    smap = noise_levels(x, sigma).reshape(b, 1, 1, 1).expand(b, 1, *x.shape[-2:])
+    return torch.cat([x, smap], dim=1)
+
+
+def noise_levels(x: torch.Tensor, sigma: SigmaLike) -> torch.Tensor:
+    """``sigma`` (a float or one value per batch item) as one checked value per batch item of ``x``.
+
+    Example:
+        >>> noise_levels(torch.zeros(3, 1, 4, 4), 0.1).shape
+        torch.Size([3])
+    """
     if sigma is None:
         raise InvalidValueError(
             "this network was built with noise_level_input=True: pass the noise level, net(x, sigma=...)"
@@ -115,8 +127,7 @@ def append_noise_map(x: torch.Tensor, sigma: SigmaLike) -> torch.Tensor:
         raise ShapeError(f"sigma must be a float or hold one value per batch item ({b}); got {s.numel()}")
     if not torch.isfinite(s).all():
         raise InvalidValueError("sigma must be finite")
-    smap = s.reshape(b, 1, 1, 1).expand(b, 1, *x.shape[-2:])
-    return torch.cat([x, smap], dim=1)
+    return s
 
 
 class ImageToImagePrior(nn.Module):
@@ -131,6 +142,9 @@ class ImageToImagePrior(nn.Module):
     noise_level_input: bool
     output: str
     multiple: int
+    #: the body predicts the unit-variance noise and the residual is ``sigma * body`` (see
+    #: :class:`~deqir.priors.drunet.SmoothResUNet`); off unless a subclass sets it.
+    sigma_scaled_residual: bool = False
 
     def body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -163,7 +177,10 @@ class ImageToImagePrior(nn.Module):
             raise InvalidValueError("sigma is only accepted by networks built with noise_level_input=True")
         z = append_noise_map(x, sigma) if self.noise_level_input else x
         z, pads = pad_to_multiple(z, self.multiple)
-        return crop_padding(self.body(z), pads)
+        r = crop_padding(self.body(z), pads)
+        if self.sigma_scaled_residual:
+            r = r * noise_levels(x, sigma).reshape(-1, *([1] * (r.dim() - 1)))
+        return r
 
     def forward(self, x: torch.Tensor, sigma: SigmaLike = None) -> torch.Tensor:
         """Apply the network; what it returns depends on ``output`` (see the module docstring).
