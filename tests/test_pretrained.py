@@ -66,6 +66,19 @@ def test_shipped_denoisers_leave_clean_and_nearly_clean_images_alone(name):
     assert bool((psnr(out, clean) > psnr(noisy, clean) - 1.5).all())
 
 
+def test_sigma_scaled_weights_refuse_an_unscaled_network():
+    from deqir.priors.drunet import SmoothResUNet
+    from deqir.train.checkpoint import load_weights
+
+    opts = {"channels": (16, 32, 64, 96), "blocks_per_level": 1, "noise_level_input": True}
+    with pytest.raises(CheckpointError, match="sigma_scaled_residual: true"):
+        load_weights(pretrained_path("mri"), SmoothResUNet(**opts))
+    net = load_weights(pretrained_path("mri"), SmoothResUNet(**opts, sigma_scaled_residual=True))
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, 0.1), load_pretrained("mri")(x, 0.1))
+
+
 def test_list_pretrained_reports_every_name():
     rows = {row["name"]: row for row in list_pretrained()}
     assert set(rows) == set(PRETRAINED)

@@ -202,8 +202,28 @@ def load_weights(
         ) from None
     if model is None:
         return {k: v.to(device) for k, v in state.items()}
+    _check_read_out(side, model, path)
     load_state_checked(model, state, path, strict=strict)
     return model
+
+
+def _check_read_out(side: dict[str, Any] | None, model: nn.Module, path: Path) -> None:
+    """Refuse weights trained with another ``sigma_scaled_residual`` than ``model`` has.
+
+    The parameters fit either way, so only the sidecar's model options can tell: loading σ-scaled
+    weights into an unscaled network (or the reverse) would give wrong outputs, not an error.
+    """
+    options = (((side or {}).get("config") or {}).get("model") or {}).get("options") or {}
+    if not hasattr(model, "sigma_scaled_residual"):
+        return
+    saved, own = bool(options.get("sigma_scaled_residual", False)), bool(model.sigma_scaled_residual)
+    if saved != own:
+        raise CheckpointError(
+            f"{path} was trained with model.options.sigma_scaled_residual: {str(saved).lower()} but "
+            f"this {type(model).__name__} has {str(own).lower()}: set model.options."
+            f"sigma_scaled_residual: {str(saved).lower()} (the parameters fit either way, the "
+            "outputs would not)"
+        )
 
 
 def load_state_checked(
