@@ -16,8 +16,9 @@ A configuration has seven sections; every key is optional and has a documented d
     eval:       {split, num_images, num_figures, weights, batch_size}
 
 ``physics.operator: null`` (the default) means denoising: the "measurement" is the clean image
-plus Gaussian noise of level ``noise_sigma`` (or drawn uniformly from ``noise_sigma_range`` for a
-blind denoiser). Any other value names an operator of :mod:`deqir.physics.registry`.
+plus Gaussian noise of level ``noise_sigma`` (or drawn from ``noise_sigma_range`` for a blind
+denoiser: uniformly, or skewed to low levels by ``noise_sigma_power``). Any other value names an
+operator of :mod:`deqir.physics.registry`.
 
 An unknown key is rejected with a :class:`~deqir.errors.ConfigError` that names the section, the
 key and the closest valid name; a value of the wrong type is rejected with what was expected.
