@@ -94,8 +94,6 @@ def test_yaml_scientific_strings_and_int_floats_are_numbers():
         ({"physics": {}}, "needs noise_sigma"),
         ({"physics": {"noise_sigma": 0.1, "noise_sigma_range": [0, 0.2]}}, "only one of"),
         ({"physics": {"noise_sigma_range": [0.3, 0.1]}}, "0 <= low <= high"),
-        ({"physics": {"noise_sigma_range": [0, 0.2], "noise_sigma_power": 0}}, "power must be > 0"),
-        ({"physics": {"noise_sigma": 0.1, "noise_sigma_power": 3}}, "set noise_sigma_range"),
         ({"physics": {"noise_snr_db": 30}}, "reconstruction only"),
         ({"physics": {"noise_sigma": 0.1}, "data": {"patch_size": 80, "image_size": 64}}, "larger than"),
         ({"physics": {"operator": "ct", "noise_sigma": 0.1}, "data": {"patch_size": 32}}, "must be null"),

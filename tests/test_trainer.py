@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqir.errors import CheckpointError, ConfigError, ConvergenceError, InvalidValueError
+from deqir.errors import CheckpointError, ConfigError, ConvergenceError
 from deqir.physics.base import LinearOperator
 from deqir.train import seeding
 from deqir.train.checkpoint import load_checkpoint, load_weights, read_sidecar
@@ -88,21 +88,6 @@ def test_seeded_samples_do_not_depend_on_the_shard():
     c = task.simulate(full, seed=0, step=5, indices=range(4))
     assert not torch.equal(a.init, c.init)
     assert bool((a.sigma >= 0).all() and (a.sigma <= 0.3).all())
-
-
-def test_sigma_power_draws_low_noise_levels_more_often():
-    clean = torch.zeros(400, 1, 4, 4)
-    uniform = DenoisingTask(sigma_range=(0.0, 0.3)).simulate(clean, seed=0, step=0, indices=range(400))
-    cubed = DenoisingTask(sigma_range=(0.0, 0.3), sigma_power=3).simulate(
-        clean, seed=0, step=0, indices=range(400)
-    )
-    # same seeded u per image: sigma_cubed = 0.3 (sigma_uniform / 0.3)^3, inside the range
-    torch.testing.assert_close(cubed.sigma, 0.3 * (uniform.sigma / 0.3) ** 3)
-    assert bool((cubed.sigma >= 0).all() and (cubed.sigma <= 0.3).all())
-    below = float((cubed.sigma < 0.3 / 27).float().mean())  # P(u^3 < 1/27) = 1/3
-    assert 0.27 < below < 0.40 and float((uniform.sigma < 0.3 / 27).float().mean()) < 0.1
-    with pytest.raises(InvalidValueError, match="sigma_power"):
-        DenoisingTask(sigma_range=(0.0, 0.3), sigma_power=-1)
 
 
 def test_training_learns_and_writes_the_run_folder(tmp_path):

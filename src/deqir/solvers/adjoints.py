@@ -174,19 +174,15 @@ class _State:
         Returns the cleaned ``g`` and the ``(batch,)`` mask of zeroed rows; raises
         :class:`ConvergenceError` instead when the layer was built with ``throw=True``.
         """
-        bad = ~torch.isfinite(g).all(dim=1)
-        if failed is not None:
-            bad = bad | failed
-        if bool(bad.any()):
-            if self.throw:
-                raise ConvergenceError(
-                    f"the {what} is NaN/inf or diverged for batch element(s) "
-                    f"{bad.nonzero().flatten().tolist()[:10]}; check the loss and the map (is it "
-                    "contractive at the fixed point?), or pass throw=False to zero those samples' "
-                    "gradients and flag them in Solution.stats.backward.nonfinite"
-                )
-            g = torch.where(col(bad), torch.zeros_like(g), g)
-        return g, bad
+        clean, bad = _zero_nonfinite(g, failed)
+        if self.throw and bool(bad.any()):
+            raise ConvergenceError(
+                f"the {what} is NaN/inf or diverged for batch element(s) "
+                f"{bad.nonzero().flatten().tolist()[:10]}; check the loss and the map (is it "
+                "contractive at the fixed point?), or pass throw=False to zero those samples' "
+                "gradients and flag them in Solution.stats.backward.nonfinite"
+            )
+        return clean, bad
 
     def unflat(self, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
         parts = self.spec.unpack(g)
@@ -267,10 +263,13 @@ def _record_adjoint(backward: BackwardStats, ustats: SolverStats | None, bad: to
 
 
 def _zero_nonfinite(u: torch.Tensor, failed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the rows of flat ``u`` holding NaN/inf (or flagged in ``failed``); returns ``(u, mask)``."""
     bad = ~torch.isfinite(u).all(dim=1)
     if failed is not None:
         bad = bad | failed
-    return torch.where(bad[:, None], torch.zeros_like(u), u), bad
+    if bool(bad.any()):
+        u = torch.where(col(bad), torch.zeros_like(u), u)
+    return u, bad
 
 
 @dataclass

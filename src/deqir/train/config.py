@@ -5,8 +5,7 @@ A configuration has seven sections; every key is optional and has a documented d
     experiment: {name, seed, output_dir}
     data:       {source, image_size, patch_size, num_train, num_val, num_test, batch_size,
                  augment, options}
-    physics:    {operator, options, noise_sigma, noise_sigma_range, noise_sigma_power,
-                 noise_snr_db}
+    physics:    {operator, options, noise_sigma, noise_sigma_range, noise_snr_db}
     model:      {name, options, weights}
     method:     {name, options, init, input}
     train:      {steps, lr, weight_decay, betas, schedule, warmup_steps, step_size, gamma,
@@ -16,9 +15,8 @@ A configuration has seven sections; every key is optional and has a documented d
     eval:       {split, num_images, num_figures, weights, batch_size}
 
 ``physics.operator: null`` (the default) means denoising: the "measurement" is the clean image
-plus Gaussian noise of level ``noise_sigma`` (or drawn from ``noise_sigma_range`` for a blind
-denoiser: uniformly, or skewed to low levels by ``noise_sigma_power``). Any other value names an
-operator of :mod:`deqir.physics.registry`.
+plus Gaussian noise of level ``noise_sigma`` (or drawn uniformly from ``noise_sigma_range`` for a
+blind denoiser). Any other value names an operator of :mod:`deqir.physics.registry`.
 
 An unknown key is rejected with a :class:`~deqir.errors.ConfigError` that names the section, the
 key and the closest valid name; a value of the wrong type is rejected with what was expected.
@@ -102,10 +100,6 @@ class PhysicsConfig:
         options: keyword arguments of ``build_operator`` (image size comes from ``data``).
         noise_sigma: standard deviation of white Gaussian noise on the measurements.
         noise_sigma_range: ``[low, high]``: a blind task, ``sigma ~ U(low, high)`` per image.
-        noise_sigma_power: with ``noise_sigma_range``, draw ``sigma = low + (high - low) u^power``
-            with ``u ~ U(0, 1)``: ``1`` is uniform; ``2`` or ``3`` give low noise levels more
-            images (a denoiser used in PnP/RED at 40-50 dB input SNR must be near the identity
-            there).
         noise_snr_db: noise set by the input SNR instead (reconstruction only).
     """
 
@@ -113,7 +107,6 @@ class PhysicsConfig:
     options: dict[str, Any] = field(default_factory=dict)
     noise_sigma: float | None = None
     noise_sigma_range: tuple[float, float] | None = None
-    noise_sigma_power: float = 1.0
     noise_snr_db: float | None = None
 
 
@@ -542,13 +535,6 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"config section 'physics': give only one of noise_sigma, noise_sigma_range "
             f"and noise_snr_db; got {', '.join(levels)}"
-        )
-    if not p.noise_sigma_power > 0:
-        raise ConfigError(f"config physics.noise_sigma_power must be > 0; got {p.noise_sigma_power}")
-    if p.noise_sigma_power != 1.0 and p.noise_sigma_range is None:
-        raise ConfigError(
-            "config physics.noise_sigma_power shapes the draw from noise_sigma_range; set "
-            "noise_sigma_range or remove noise_sigma_power"
         )
     if p.noise_sigma_range is not None:
         lo, hi = p.noise_sigma_range

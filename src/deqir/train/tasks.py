@@ -67,16 +67,12 @@ class Task:
         sigma: float | None = None,
         sigma_range: tuple[float, float] | None = None,
         snr_db: float | None = None,
-        sigma_power: float = 1.0,
     ):
-        if not sigma_power > 0:
-            raise InvalidValueError(f"sigma_power must be > 0; got {sigma_power}")
         if sum(v is not None for v in (sigma, sigma_range, snr_db)) > 1:
             raise InvalidValueError("give at most one of sigma, sigma_range and snr_db")
         self.sigma = sigma
         self.sigma_range = None if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
         self.snr_db = snr_db
-        self.sigma_power = float(sigma_power)
         self._model_params: set[str] | None = None
 
     def bind(self, model: nn.Module) -> None:
@@ -114,8 +110,7 @@ class Task:
                 s = self.sigma if self.sigma is not None else 0.0
                 if self.sigma_range is not None:
                     lo, hi = self.sigma_range
-                    u = float(torch.rand(1, generator=g))
-                    s = lo + (hi - lo) * (u if self.sigma_power == 1.0 else u**self.sigma_power)
+                    s = lo + (hi - lo) * float(torch.rand(1, generator=g))
                 levels.append(s)
                 noise = GaussianNoise(sigma=s)
             out.append(noise(y[k : k + 1], generator=g))
@@ -136,9 +131,6 @@ class Task:
 class DenoisingTask(Task):
     """Gaussian denoising with a fixed ``sigma`` or a blind ``sigma_range``.
 
-    With ``sigma_range = (low, high)`` each image draws ``sigma = low + (high - low) u^sigma_power``,
-    ``u ~ U(0, 1)``; ``sigma_power > 1`` trains the low noise levels harder.
-
     Example:
         >>> import torch
         >>> from deqir.priors import DnCNN
@@ -150,15 +142,10 @@ class DenoisingTask(Task):
         (2, 1, 8, 8)
     """
 
-    def __init__(
-        self,
-        sigma: float | None = None,
-        sigma_range: tuple[float, float] | None = None,
-        sigma_power: float = 1.0,
-    ):
+    def __init__(self, sigma: float | None = None, sigma_range: tuple[float, float] | None = None):
         if (sigma is None) == (sigma_range is None):
             raise InvalidValueError("a denoising task needs exactly one of sigma and sigma_range")
-        super().__init__(sigma=sigma, sigma_range=sigma_range, sigma_power=sigma_power)
+        super().__init__(sigma=sigma, sigma_range=sigma_range)
 
     def simulate(self, clean, seed, step, indices, stream=seeding.TASK):  # noqa: D102
         gens = [seeding.generator(seed, stream, step, j) for j in indices]
@@ -173,7 +160,6 @@ class ReconstructionTask(Task):
     Args:
         physics: the operator.
         sigma, sigma_range, snr_db: the measurement noise (at most one; none: noiseless).
-        sigma_power: with ``sigma_range``, ``sigma = low + (high - low) u^power``, ``u ~ U(0, 1)``.
         init: ``adjoint``, ``scaled_adjoint``, ``zeros`` or a method name of ``physics``.
         input: ``auto``, ``init`` or ``measurements`` (see the module docstring).
 
@@ -199,9 +185,8 @@ class ReconstructionTask(Task):
         snr_db: float | None = None,
         init: str = "adjoint",
         input: str = "auto",
-        sigma_power: float = 1.0,
     ):
-        super().__init__(sigma=sigma, sigma_range=sigma_range, snr_db=snr_db, sigma_power=sigma_power)
+        super().__init__(sigma=sigma, sigma_range=sigma_range, snr_db=snr_db)
         builtin = ("adjoint", "scaled_adjoint", "zeros")
         if init not in builtin and not callable(getattr(physics, init, None)):
             raise ConfigError(
@@ -247,9 +232,7 @@ def build_task(config: Any) -> Task:
     """The task a :class:`~deqir.train.config.Config` describes (operator built from the registry)."""
     p = config.physics
     if config.is_denoising:
-        return DenoisingTask(
-            sigma=p.noise_sigma, sigma_range=p.noise_sigma_range, sigma_power=p.noise_sigma_power
-        )
+        return DenoisingTask(sigma=p.noise_sigma, sigma_range=p.noise_sigma_range)
     from deqir.physics.registry import build_operator
 
     physics = build_operator(p.operator, image_size=config.data.image_size, **p.options)
@@ -257,7 +240,6 @@ def build_task(config: Any) -> Task:
         physics,
         sigma=p.noise_sigma,
         sigma_range=p.noise_sigma_range,
-        sigma_power=p.noise_sigma_power,
         snr_db=p.noise_snr_db,
         init=config.method.init,
         input=config.method.input,
