@@ -23,7 +23,7 @@ from deqir.train.config import TrainSection, config_from_dict
 from deqir.train.report import evaluate_run
 from deqir.train.sources import ImageBank, load_source, synthetic_images
 from deqir.train.tasks import DenoisingTask, ReconstructionTask
-from deqir.train.trainer import Trainer, lr_schedule, train_from_config
+from deqir.train.trainer import Trainer, lr_schedule, noise_weighted_mse, train_from_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -351,6 +351,39 @@ def test_blind_denoiser_receives_sigma(tmp_path):
     assert set(s.kwargs) == {"sigma"} and s.kwargs["sigma"].shape == (4,)
     torch.testing.assert_close((s.init - clean).flatten(1).std(1), s.sigma, atol=0.05, rtol=0.3)
     assert trainer.fit()["step"] == 4
+
+
+def test_noise_mse_weighs_every_noise_level_alike():
+    torch.manual_seed(0)
+    clean = torch.rand(3, 1, 8, 8)
+    sigma = torch.tensor([0.2, 0.02, 0.0])
+    noisy = clean + sigma.view(3, 1, 1, 1) * torch.randn(3, 1, 8, 8)
+    identity = noise_weighted_mse(noisy, clean, sigma)
+    mse = (noisy - clean).pow(2).mean()
+    # the identity scores about 1 per image with sigma >> 1/255 (0 for sigma = 0); plain MSE is
+    # dominated by the noisiest image
+    assert 0.4 < float(identity) < 1.0 and float(mse) < 0.02
+    halved = clean + (noisy - clean) / 2  # 6 dB better at every level: a quarter of the loss
+    torch.testing.assert_close(noise_weighted_mse(halved, clean, sigma), identity / 4)
+    with pytest.raises(ConfigError, match="noise level of every image"):
+        noise_weighted_mse(noisy, clean, None)
+
+
+def test_noise_mse_trains_a_blind_denoiser_and_is_refused_for_reconstruction(tmp_path):
+    cfg = tiny(
+        tmp_path,
+        train__loss="noise_mse",
+        physics__noise_sigma=None,
+        physics__noise_sigma_range=[0.0, 0.2],
+        model__options={"depth": 3, "width": 8, "noise_level_input": True},
+    )
+    run = train_from_config(cfg, device="cpu")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+    bad = tiny(tmp_path, train__loss="noise_mse", physics__operator="blur")
+    with pytest.raises(ConfigError, match="train.loss: noise_mse .* needs a denoising task"):
+        config_from_dict(bad)
 
 
 def test_deqir_data_sources_plug_in():

@@ -163,7 +163,10 @@ class TrainSection:
         step_size, gamma: of the ``step`` schedule.
         min_lr_factor: final learning rate of the cosine schedule, relative to ``lr``.
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-        loss: ``mse`` or ``l1``.
+        loss: ``mse``, ``l1`` or ``noise_mse`` (denoising only: each image's squared error over
+            ``σ² + (1/255)²``, the noise-prediction loss of diffusion models. Plain MSE weighs an
+            image by ``σ²`` once the residual is scaled by ``σ``, so low noise levels, where PnP
+            and RED call the denoiser at 40-50 dB, would barely be trained).
         val_every: validate (PSNR) every this many steps (and at the end).
         log_every: write a line to ``log.jsonl`` every this many steps.
         checkpoint_every: write the training checkpoint every this many steps (and at the end).
@@ -187,7 +190,7 @@ class TrainSection:
     gamma: float = 0.5
     min_lr_factor: float = 0.01
     grad_clip: float | None = None
-    loss: Literal["mse", "l1"] = "mse"
+    loss: Literal["mse", "l1", "noise_mse"] = "mse"
     val_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 100
@@ -557,6 +560,11 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError(
                 "config physics.options needs an operator; set physics.operator or remove the options"
             )
+    elif t.loss == "noise_mse":
+        raise ConfigError(
+            "config train.loss: noise_mse weighs each image by its denoising noise level and needs a "
+            "denoising task (physics.operator: null); use mse or l1 for reconstruction"
+        )
     elif d.patch_size not in (None, d.image_size):
         raise ConfigError(
             f"config data.patch_size ({d.patch_size}) must be null for a reconstruction "

@@ -87,6 +87,32 @@ def lr_schedule(step: int, cfg: Any) -> float:
     return 1.0
 
 
+#: The floor of :func:`noise_weighted_mse`'s weight: one grey level of an 8-bit image.
+NOISE_MSE_FLOOR = 1.0 / 255
+
+
+def noise_weighted_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
+    """Mean over images of ``‖pred − target‖² / (σ² + (1/255)²)`` (``sigma``: one level per image).
+
+    Output/noise ratio: 1 for a denoiser that returns its input, ``10^(−gain/10)`` for one that
+    gains ``gain`` dB, at every noise level alike.
+
+    Example:
+        >>> import torch
+        >>> clean = torch.zeros(2, 1, 4, 4); sigma = torch.tensor([0.1, 0.01])
+        >>> noisy = clean + sigma.view(2, 1, 1, 1) * torch.tensor([1.0, -1.0]).repeat(8).view(1, 1, 4, 4)
+        >>> round(float(noise_weighted_mse(noisy, clean, sigma)), 2)  # ≈ 1 for the identity
+        0.93
+    """
+    if sigma is None:
+        raise ConfigError(
+            "train.loss: noise_mse needs the noise level of every image: a denoising task with "
+            "physics.noise_sigma or noise_sigma_range"
+        )
+    per_image = (pred - target).pow(2).flatten(1).mean(1)
+    return (per_image / (sigma.to(per_image.dtype).flatten() ** 2 + NOISE_MSE_FLOOR**2)).mean()
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     import numpy as np
 
@@ -352,11 +378,15 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in keep))
 
     # ------------------------------------------------------------------ steps
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if pred.is_complex():
             pred = pred.abs()
         if self.cfg.train.loss == "l1":
             return (pred - target).abs().mean()
+        if self.cfg.train.loss == "noise_mse":
+            return noise_weighted_mse(pred, target, sigma)
         return (pred - target).pow(2).mean()
 
     def _bad_loss(self, value: float) -> str | None:
@@ -468,7 +498,7 @@ class Trainer:
             clean = bank.training_batch(e.seed, s, self.shard, size, d.augment).to(self.device)
             sample = self.task.simulate(clean, e.seed, s, self.shard)
             pred = self.task.predict(self.net, sample)
-            loss = self._loss(pred, sample.target)
+            loss = self._loss(pred, sample.target, sample.sigma)
             stats = (
                 D.all_reduce_sum(
                     torch.stack(
