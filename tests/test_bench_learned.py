@@ -125,9 +125,20 @@ def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
     assert s["operator_applications_ratio"] == pytest.approx(24 / 72)  # exact block accounting
     for key in ("snr_gap_db", "step_time_ratio", "oder_minus_tikhonov_db", "memory_ratio"):
         assert key in s and s[key] == s[key]  # present and not NaN
+    assert s["test_samples"] == 2 and s["snr_gap_se_db"] >= 0
     methods = {r["method"] for r in report.rows if r.get("section") == "quality"}
     assert {"tikhonov", "tv", "red_denoising", "red_deq", "oder_w24"} <= methods
     assert (tmp_path / "idt.png").stat().st_size > 0
+
+
+def test_paired_gap_is_the_mean_difference_and_its_standard_error():
+    from deqir.bench.oder import paired_gap
+
+    a = torch.tensor([30.0, 31.0, 32.0, 33.0])
+    mean, se = paired_gap(a, a - torch.tensor([0.1, 0.3, 0.1, 0.3]))
+    assert mean == pytest.approx(0.2, abs=1e-5) and se == pytest.approx(0.1 / 2 * (4 / 3) ** 0.5, abs=1e-5)
+    assert paired_gap(a + 1, a) == pytest.approx((1.0, 0.0))  # a constant shift: no spread
+    assert paired_gap(a[:1], a[:1] - 2) == (2.0, 0.0)  # one image: no standard error
 
 
 def test_spectral_norm_models_survive_the_trip_to_the_memory_worker():

@@ -145,8 +145,9 @@ def _fmt(v: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- data and scores
-def split_images(source: str, split: str, count: int, size: int = 128) -> Any:
-    """Up to ``count`` images ``(n, 1, size, size)`` of a cached split of a :mod:`deqir.data` source.
+def split_images(source: str, split: str, count: int | None, size: int = 128) -> Any:
+    """Up to ``count`` images ``(n, 1, size, size)`` of a cached split of a :mod:`deqir.data` source
+    (``count=None``: the whole split).
 
     Example:
         >>> split_images("ct_phantoms", "test", 2, size=32).shape
@@ -157,7 +158,7 @@ def split_images(source: str, split: str, count: int, size: int = 128) -> Any:
     from deqir.data import build_dataset
 
     ds = build_dataset(source, size, seed=0)[split]
-    n = min(count, len(ds))
+    n = len(ds) if count is None else min(count, len(ds))
     return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
 
 
