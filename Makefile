@@ -51,7 +51,7 @@ bench-quick: $(VENV)/.bench-installed
 	done
 
 # The shipped pretrained denoisers (src/deqir/weights/denoiser_{natural,ct,mri}.*) from the
-# committed configs: train each one (about 30 + 5 + 5 minutes on one CPU core), then export its
+# committed configs: train each one (about 30 minutes each on one CPU core), then export its
 # best weights with the test PSNR into the package. Runs go to runs/weights/ (rebuilt each time).
 .PHONY: weights
 WEIGHTS_RUNS ?= runs/weights
