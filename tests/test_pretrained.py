@@ -69,8 +69,8 @@ def test_shipped_denoisers_leave_clean_and_nearly_clean_images_alone(name):
 @pytest.mark.parametrize("name", list(PRETRAINED))
 def test_denoisers_trained_with_noise_mse_gain_at_low_noise(name):
     """The noise_mse loss trains sigma = 1-5/255 as much as 50/255: at 2/255 the network must beat
-    its input clearly (on these four images the plain-MSE CT network gained 0.5-2.1 dB, 1.3 on
-    average; the noise_mse one 2.1-6.6, 4.8 on average)."""
+    its input clearly. On these four images the plain-MSE networks gained 1.3 (CT) and 2.2 dB (MRI)
+    on average, one image by 0.04 dB; the noise_mse ones 4.8 and 5.7, every image by 1.4 or more."""
     from deqir.data import build_dataset
 
     if pretrained_info(name)["config"]["train"].get("loss") != "noise_mse":
@@ -81,7 +81,7 @@ def test_denoisers_trained_with_noise_mse_gain_at_low_noise(name):
     with torch.no_grad():
         out = net(noisy, 2 / 255).clamp(0, 1)
     gain = psnr(out, clean) - psnr(noisy, clean)
-    assert float(gain.mean()) > 3.0 and bool((gain > 1.5).all()), f"{name}: gains {gain.tolist()} dB"
+    assert float(gain.mean()) > 3.5 and bool((gain > 1.0).all()), f"{name}: gains {gain.tolist()} dB"
 
 
 def test_sigma_scaled_weights_refuse_an_unscaled_network():
