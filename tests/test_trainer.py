@@ -365,6 +365,8 @@ def test_noise_mse_weighs_every_noise_level_alike():
     assert 0.4 < float(identity) < 1.0 and float(mse) < 0.02
     halved = clean + (noisy - clean) / 2  # 6 dB better at every level: a quarter of the loss
     torch.testing.assert_close(noise_weighted_mse(halved, clean, sigma), identity / 4)
+    one = noise_weighted_mse(noisy[:1], clean[:1], torch.tensor([0.2]))
+    torch.testing.assert_close(noise_weighted_mse(noisy[:1], clean[:1], 0.2), one)  # a float level
     with pytest.raises(ConfigError, match="noise level of every image"):
         noise_weighted_mse(noisy, clean, None)
 
@@ -373,14 +375,17 @@ def test_noise_mse_trains_a_blind_denoiser_and_is_refused_for_reconstruction(tmp
     cfg = tiny(
         tmp_path,
         train__loss="noise_mse",
+        train__steps=60,
         physics__noise_sigma=None,
         physics__noise_sigma_range=[0.0, 0.2],
         model__options={"depth": 3, "width": 8, "noise_level_input": True},
     )
     run = train_from_config(cfg, device="cpu")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in log if "loss" in r]
-    assert losses[-1] < losses[0]
+    vals = [r["val_psnr"] for r in log if "val_psnr" in r]
+    # validation PSNR, not one batch's loss: that swings with the sigmas drawn for the batch (an
+    # image near sigma = 0 divides by about (1/255)^2); validation rose for each of seeds 0-5
+    assert vals[-1] > vals[0]
     bad = tiny(tmp_path, train__loss="noise_mse", physics__operator="blur")
     with pytest.raises(ConfigError, match="train.loss: noise_mse .* needs a denoising task"):
         config_from_dict(bad)

@@ -14,9 +14,10 @@ Three settings (METHODS.md §4, issue "ODER and its baselines"):
     RED(DEQ), ODER with 2 and 4 coils per iteration.
 
 Test sets are the whole held-out splits (29 CT-like images: 20 phantoms and 9 brain slices; the
-4 real CT slices; 9 MRI slices). Each quality gap in the summary comes with the standard error of
-the paired per-image SNR difference (``*_se_db``, :func:`paired_gap`), so a reader can tell a gap
-from the spread between images.
+4 real CT slices; 9 MRI slices, with this machine's data packages: the summary records the counts
+in ``*_test_images``). The target gaps (``ct_snr_gap_db``, ``mri_snr_gap_db``) and
+``ct_oder_minus_tv_db`` come with the standard error of the paired per-image SNR difference
+(``*_se_db``, :func:`paired_gap`), so a reader can tell a gap from the spread between images.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -285,8 +286,9 @@ def paired_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
     Example:
         >>> import torch
-        >>> paired_gap(torch.tensor([30.0, 31.0, 32.0]), torch.tensor([29.0, 31.0, 31.0]))
-        (0.6666666666666666, 0.3333333333333333)
+        >>> gap, se = paired_gap(torch.tensor([30.0, 31.0, 32.0]), torch.tensor([29.0, 31.0, 31.0]))
+        >>> round(gap, 4), round(se, 4)
+        (0.6667, 0.3333)
     """
     d = (a - b).double().flatten()
     se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
@@ -485,7 +487,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "(tail averaging) (red_deq_anderson: the full-batch map by Anderson, m=5, tol 1e-4, "
             "<=100; red_denoising_100it: the pretrained prior with 100 iterations, its own tuned tau)",
             "tuning": "TV lambda and RED(Denoising) tau on the validation split only",
-            "test_images": "2 per test set" if quick else "the whole held-out split (29 CT, 9 MRI)",
+            "test_images": "2 per test set (1 real CT slice)" if quick else "the whole held-out split",
             "val_images": n_val,
             "gap_standard_errors": "*_se_db: standard error of the paired per-image SNR difference "
             "(std / sqrt(n)) over the test images",
@@ -619,6 +621,8 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     mri_i = per_image["mri"]["test"]
     s["mri_snr_gap_se_db"] = paired_gap(mri_i["red_deq"], mri_i["oder_w4"])[1]
     s["mri_test_images"] = int(mri_i["red_deq"].numel())
+    if not quick:
+        report.config["test_images"] += f" ({s['ct_test_images']} CT, {s['mri_test_images']} MRI)"
     s["mri_snr_gap_w2_db"] = mri_q["test"]["red_deq"] - mri_q["test"]["oder_w2"]
     if figure_path is not None:
         path = _figure(figure, costs, Path(figure_path))

@@ -560,17 +560,18 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError(
                 "config physics.options needs an operator; set physics.operator or remove the options"
             )
-    elif t.loss == "noise_mse":
-        raise ConfigError(
-            "config train.loss: noise_mse weighs each image by its denoising noise level and needs a "
-            "denoising task (physics.operator: null); use mse or l1 for reconstruction"
-        )
-    elif d.patch_size not in (None, d.image_size):
-        raise ConfigError(
-            f"config data.patch_size ({d.patch_size}) must be null for a reconstruction "
-            f"task: the operator '{p.operator}' takes whole {d.image_size}x{d.image_size} "
-            "images (set data.image_size instead)"
-        )
+    else:
+        if t.loss == "noise_mse":
+            raise ConfigError(
+                "config train.loss: noise_mse weighs each image by its denoising noise level and needs "
+                "a denoising task (physics.operator: null); use mse or l1 for reconstruction"
+            )
+        if d.patch_size not in (None, d.image_size):
+            raise ConfigError(
+                f"config data.patch_size ({d.patch_size}) must be null for a reconstruction "
+                f"task: the operator '{p.operator}' takes whole {d.image_size}x{d.image_size} "
+                "images (set data.image_size instead)"
+            )
 
 
 def _plain(obj: Any) -> Any:

@@ -94,8 +94,10 @@ NOISE_MSE_FLOOR = 1.0 / 255
 def noise_weighted_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
     """Mean over images of ``‖pred − target‖² / (σ² + (1/255)²)`` (``sigma``: one level per image).
 
-    Output/noise ratio: 1 for a denoiser that returns its input, ``10^(−gain/10)`` for one that
-    gains ``gain`` dB, at every noise level alike.
+    Per image, about ``10^(−gain/10)`` for a denoiser that gains ``gain`` dB, at every noise level
+    alike (the identity scores about 1 for ``σ ≫ 1/255``, 0.5 at ``σ = 1/255`` and 0 at ``σ = 0``;
+    the floor keeps clean images from dividing by zero). Complex predictions are scored by their
+    magnitude.
 
     Example:
         >>> import torch
@@ -109,8 +111,11 @@ def noise_weighted_mse(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Te
             "train.loss: noise_mse needs the noise level of every image: a denoising task with "
             "physics.noise_sigma or noise_sigma_range"
         )
+    if pred.is_complex():
+        pred = pred.abs()
     per_image = (pred - target).pow(2).flatten(1).mean(1)
-    return (per_image / (sigma.to(per_image.dtype).flatten() ** 2 + NOISE_MSE_FLOOR**2)).mean()
+    level = torch.as_tensor(sigma, dtype=per_image.dtype, device=per_image.device).flatten()
+    return (per_image / (level**2 + NOISE_MSE_FLOOR**2)).mean()
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
