@@ -132,7 +132,7 @@ def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
 
 
 def test_paired_gap_is_the_mean_difference_and_its_standard_error():
-    from deqir.bench.oder import paired_gap
+    from deqir.bench.common import paired_gap
 
     a = torch.tensor([30.0, 31.0, 32.0, 33.0])
     mean, se = paired_gap(a, a - torch.tensor([0.1, 0.3, 0.1, 0.3]))

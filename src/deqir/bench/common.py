@@ -162,6 +162,20 @@ def split_images(source: str, split: str, count: int | None, size: int = 128) ->
     return torch.stack([torch.as_tensor(ds[i]).float().reshape(1, size, size) for i in range(n)])
 
 
+def paired_gap(a: Any, b: Any) -> tuple[float, float]:
+    """Mean of ``a − b`` over images and its standard error (``std / √n``; 0 for one image).
+
+    Example:
+        >>> import torch
+        >>> gap, se = paired_gap(torch.tensor([30.0, 31.0, 32.0]), torch.tensor([29.0, 31.0, 31.0]))
+        >>> round(gap, 4), round(se, 4)
+        (0.6667, 0.3333)
+    """
+    d = (a - b).double().flatten()
+    se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
+    return float(d.mean()), se
+
+
 def mean_scores(x_hat: Any, x: Any) -> dict[str, float]:
     """Mean SNR, PSNR and SSIM of reconstructions clipped to [0, 1] against ``x``.
 

@@ -65,7 +65,8 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
 def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> BenchReport:
     from tqdm.auto import tqdm
 
-    from deqir.bench.oder import QUICK_COST_ITERATIONS, _cost_rows, _figure, _quality, paired_gap
+    from deqir.bench.common import paired_gap
+    from deqir.bench.oder import QUICK_COST_ITERATIONS, _cost_rows, _figure, _quality
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)

@@ -50,6 +50,7 @@ from deqir.bench.common import (
     export_run,
     load_shipped,
     mean_scores,
+    paired_gap,
     split_images,
 )
 
@@ -279,20 +280,6 @@ def _quality(
         if set_name == "test":
             figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}
     return results
-
-
-def paired_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean of ``a − b`` over images and its standard error (``std / √n``; 0 for one image).
-
-    Example:
-        >>> import torch
-        >>> gap, se = paired_gap(torch.tensor([30.0, 31.0, 32.0]), torch.tensor([29.0, 31.0, 31.0]))
-        >>> round(gap, 4), round(se, 4)
-        (0.6667, 0.3333)
-    """
-    d = (a - b).double().flatten()
-    se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
-    return float(d.mean()), se
 
 
 # ----------------------------------------------------------------------------- cost
