@@ -255,11 +255,11 @@ def _quality(
                     with torch.no_grad():
                         recs["unet_post"] = (model(x0), (time.perf_counter() - t0) / x.shape[0])
         for method, (out, seconds) in recs.items():
-            s = _scores(out, x)
+            scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
+            s = {k: float(scores[k].mean()) for k in ("snr", "psnr", "ssim")}
             results.setdefault(set_name, {})[method] = s["snr"]
             if per_image is not None:
-                snr = compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
-                per_image.setdefault(set_name, {})[method] = snr
+                per_image.setdefault(set_name, {})[method] = scores["snr"].flatten().double()
             report.add_row(
                 section="quality",
                 task=task,
