@@ -168,3 +168,14 @@ def test_tail_averaging_only_at_test_time_for_stochastic_maps(ct, batch):
     with torch.no_grad():
         full(y, ct, init=x0)
     assert full.block_applications == 2 * 30 * 6  # a deterministic map is not averaged
+
+
+def test_oder_bench_groups_test_images_by_their_source():
+    from deqir.bench.common import split_images
+    from deqir.bench.oder import _sources
+
+    groups = _sources("ct_phantoms", "test", None, size=32)
+    indices = sorted(i for idx in groups.values() for i in idx)
+    assert indices == list(range(split_images("ct_phantoms", "test", None, size=32).shape[0]))
+    assert "ellipses" in groups and all(idx for idx in groups.values())
+    assert sum(map(len, _sources("ct_phantoms", "test", 3, size=32).values())) == 3

@@ -13,11 +13,12 @@ Three settings (METHODS.md §4, issue "ODER and its baselines"):
 (c) multi-coil MRI, 128², 8 coils, 4× Cartesian, 40 dB: zero-filled, TV, RED(Denoising),
     RED(DEQ), ODER with 2 and 4 coils per iteration.
 
-Test sets are the whole held-out splits (29 CT-like images: 20 phantoms and 9 brain slices; the
-4 real CT slices; 9 MRI slices, with this machine's data packages: the summary records the counts
-in ``*_test_images``). The target gaps (``ct_snr_gap_db``, ``mri_snr_gap_db``) and
-``ct_oder_minus_tv_db`` come with the standard error of the paired per-image SNR difference
-(``*_se_db``, :func:`paired_gap`), so a reader can tell a gap from the spread between images.
+Test sets are the whole held-out splits (29 CT-like images: 22 random-ellipse phantoms and 7
+brain slices; the 4 real CT slices; 9 MRI slices, with this machine's data packages: the summary
+records the counts in ``*_test_images``). The target gaps (``ct_snr_gap_db``, ``mri_snr_gap_db``)
+and ``ct_oder_minus_tv_db`` come with the standard error of the paired per-image SNR difference
+(``*_se_db``, :func:`paired_gap`), so a reader can tell a gap from the spread between images;
+``ct_oder_minus_tv_by_source`` splits ODER minus TV by where the test images come from.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -94,6 +95,18 @@ def _real_ct(size: int = 128) -> tuple[torch.Tensor, list[str]]:
             out.append(torch.from_numpy(fit_image(s.image, size, src.fit))[None])
             keys.append(s.key)
     return (torch.stack(out) if out else torch.zeros(0, 1, size, size)), keys
+
+
+def _sources(source: str, split: str, count: int | None, size: int = 128) -> dict[str, list[int]]:
+    """Indices of the images of :func:`split_images` grouped by where they come from (the first
+    part of each image's key: ``ellipses``, ``nilearn``, ...)."""
+    from deqir.data import build_dataset
+
+    keys = list(build_dataset(source, size, seed=0)[split].keys)
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys if count is None else keys[:count]):
+        groups.setdefault(str(key).split("/")[0], []).append(i)
+    return groups
 
 
 def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
@@ -591,6 +604,10 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     s["ct_oder_minus_red_denoising_db"] = m["oder_w30"] - m["red_denoising"]
     s["ct_oder_minus_tv_db"] = m["oder_w30"] - m["tv"]
     s["ct_oder_minus_tv_se_db"] = paired_gap(ct_i["oder_w30"], ct_i["tv"])[1]
+    s["ct_oder_minus_tv_by_source"] = {
+        name: {"images": len(idx), "db": float((ct_i["oder_w30"][idx] - ct_i["tv"][idx]).mean())}
+        for name, idx in _sources("ct_phantoms+brain", "test", n_test).items()
+    }
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
     if "real_ct" in ct_q:
         s["real_ct_snr_gap_db"] = ct_q["real_ct"]["red_deq"] - ct_q["real_ct"]["oder_w30"]
