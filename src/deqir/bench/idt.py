@@ -5,8 +5,9 @@ Setting (``configs/oder_idt_*.yaml``): the first-Born IDT model of :mod:`deqir.p
 72 bright-field LEDs on three rings (the blocks), 4 slices 2 μm apart, 64×64 pixels of 0.3 μm,
 NA 0.4, λ = 0.52 μm, 30 dB input SNR, synthetic cell samples (:mod:`deqir.data.idt_samples`).
 The learned models share a DnCNN prior (5×24, spectral norm, 8 channels) pretrained as a denoiser;
-RED(DEQ) (all LEDs at every iteration) and ODER (a fresh uniform draw of 24 = b/3 LEDs at every
-iteration) are fine-tuned from it as deep equilibria. Test: 40 Nesterov iterations as in training
+RED(DEQ) (all LEDs at every iteration) and ODER (a fresh stratified draw of 24 = b/3 LEDs at every
+iteration: 2 of every 6 neighbouring LEDs on a ring, so each ring is sampled in proportion) are
+fine-tuned from it as deep equilibria. Test: 40 Nesterov iterations as in training
 (ODER averages 10 further iterations); RED(Denoising) is the pretrained prior with its ``τ`` tuned on
 validation; Tikhonov by the discrepancy principle (exact per-frequency prox); TV tuned on
 validation. Costs: one training step (40 iterations + 3-step phantom gradient, batch 2) at
