@@ -514,8 +514,11 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         "test": _images("ct_phantoms+brain", "test", n_test),
         "real_ct": real[: (1 if quick else None)],
     }
-    if not quick:  # the whole validation split too, scored like a test set: is a gap stable?
-        test_sets["val"] = _images("ct_phantoms+brain", "val", None)
+    # the validation split: its first n_val images tune TV and RED(Denoising); the full run also
+    # scores all of it like a test set (is a gap stable?)
+    ct_val = _images("ct_phantoms+brain", "val", n_val if quick else None)
+    if not quick:
+        test_sets["val"] = ct_val
     ct_names = {
         "prior": "oder_ct_prior",
         "red_deq": "oder_ct_red_deq",
@@ -529,7 +532,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         ct,
         ct_names,
         test_sets,
-        _images("ct_phantoms+brain", "val", n_val),
+        ct_val[:n_val],
         50.0,
         "fbp",
         {"red_deq": None, "w30": 30, "w10": 10},
@@ -565,15 +568,16 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         "w4": "oder_mri_w4",
         "w2": "oder_mri_w2",
     }
+    mri_val = _images("brain", "val", n_val if quick else None)
     mri_sets = {"test": _images("brain", "test", n_test)}
     if not quick:
-        mri_sets["val"] = _images("brain", "val", None)
+        mri_sets["val"] = mri_val
     mri_q = _quality(
         "mri",
         mri,
         mri_names,
         mri_sets,
-        _images("brain", "val", n_val),
+        mri_val[:n_val],
         40.0,
         "zero_filled",
         {"red_deq": None, "w4": 4, "w2": 2},
