@@ -179,3 +179,17 @@ def test_oder_bench_groups_test_images_by_their_source():
     assert indices == list(range(split_images("ct_phantoms", "test", None, size=32).shape[0]))
     assert "ellipses" in groups and all(idx for idx in groups.values())
     assert sum(map(len, _sources("ct_phantoms", "test", 3, size=32).values())) == 3
+
+
+def test_oder_bench_tests_each_model_with_the_iterations_it_was_trained_with(monkeypatch, tmp_path):
+    from deqir.bench import oder
+    from deqir.train.checkpoint import save_weights
+
+    monkeypatch.setattr(oder, "WEIGHTS_DIR", tmp_path)
+    net = _net()
+    save_weights(net, tmp_path / "m100.safetensors", config={"method": {"options": {"max_iter": 100}}})
+    save_weights(net, tmp_path / "plain.safetensors", config={"method": {"options": {}}})
+    assert oder._trained_iterations("m100") == 100
+    assert oder._trained_iterations("plain") == oder.DEFAULT_ITERATIONS  # no max_iter in the config
+    assert oder._trained_iterations("absent") == oder.DEFAULT_ITERATIONS
+    assert oder._trained_iterations(None) == oder.DEFAULT_ITERATIONS

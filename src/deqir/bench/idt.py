@@ -67,7 +67,7 @@ def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> 
     from tqdm.auto import tqdm
 
     from deqir.bench.common import paired_gap
-    from deqir.bench.oder import QUICK_COST_ITERATIONS, _cost_rows, _figure, _quality
+    from deqir.bench.oder import QUICK_COST_ITERATIONS, _cost_rows, _figure, _quality, _trained_iterations
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> 
             repeat,
             report,
             meter,
-            QUICK_COST_ITERATIONS if quick else None,
+            QUICK_COST_ITERATIONS if quick else _trained_iterations("oder_idt_w24"),
         )
     }
     bar.update(1)

@@ -67,8 +67,12 @@ CT_RUNS = (
     "oder_ct_unet_post",
 )
 MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
-TEST_ITERATIONS = 40  # Nesterov iterations at test time, as in training (the paper: 180 at 512²)
-TRAIN_ITERATIONS = 40  # forward iterations of one training step (as in the configs)
+TEST_ITERATIONS: int | None = (
+    None  # Nesterov iterations at test time (None: as trained; the paper: 180 at 512²)
+)
+TRAIN_ITERATIONS: int | None = None  # forward iterations of a costed training step (None: as trained)
+DEFAULT_ITERATIONS = 40  # when a model's config names no max_iter
+LONG_SOLVE_FACTOR = 2.5  # RED(Denoising) is also run with this many times the iterations (at least 100)
 QUICK_COST_ITERATIONS = 10  # --quick: cost rows with 10 iterations (ratios between w, not absolute cost)
 TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging; 0 for full batch)
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
@@ -148,7 +152,7 @@ def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
     return out, (time.perf_counter() - t0) / y.shape[0]
 
 
-def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_ITERATIONS, taus=None):
+def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int, taus=None):
     """RED with the pretrained prior only (Nesterov, fixed iterations); τ tuned on validation images."""
     from deqir.methods.equilibrium import REDEquilibrium
 
@@ -169,6 +173,23 @@ def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int = TEST_I
         if best is None or score > best[0]:
             best = (score, tau, m)
     return best[2], best[1]
+
+
+def _trained_iterations(name: str | None) -> int:
+    """Forward iterations a shipped model was trained with (``method.options.max_iter`` of its
+    sidecar's config), so that it is tested and costed as trained.
+
+    Example:
+        >>> _trained_iterations("oder_mri_w4")
+        40
+    """
+    from deqir.train.checkpoint import read_sidecar
+
+    if name is None or not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+        return DEFAULT_ITERATIONS
+    side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
+    options = ((side.get("config") or {}).get("method") or {}).get("options") or {}
+    return int(options.get("max_iter", DEFAULT_ITERATIONS))
 
 
 def _train_steps(name: str | None) -> int | None:
@@ -212,11 +233,18 @@ def _quality(
     tv = tune_hyperparameters(
         op, "tv", val_x, noise_snr_db=snr_db, seed=1, iterations=tv_iterations, **tv_grid
     )
+    # every RED variant is solved with the iterations the task's models were trained with;
+    # RED(Denoising) also with a longer solve, to show what the pretrained prior alone reaches
+    iterations = TEST_ITERATIONS or _trained_iterations(names.get("red_deq"))
+    long_iterations = max(100, round(LONG_SOLVE_FACTOR * iterations))
+    long_name = f"red_denoising_{long_iterations}it"
     prior = load_shipped(names["prior"])
-    red_den, tau = _red_denoising(prior, op, val_x, val_y, val_x0, taus=QUICK_TAUS if quick else None)
+    red_den, tau = _red_denoising(
+        prior, op, val_x, val_y, val_x0, iterations, taus=QUICK_TAUS if quick else None
+    )
     red_den_long = tau_long = None
     if not quick:
-        red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, iterations=100)
+        red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, long_iterations)
     models = {v: load_shipped(names[v]) for v in variants}
     shipped = {
         "red_deq": names.get("red_deq"),
@@ -240,12 +268,12 @@ def _quality(
         recs["tv"] = (tv_x, (time.perf_counter() - t0) / x.shape[0])
         recs["red_denoising"] = _reconstruct(red_den, op, y, x0)
         if red_den_long is not None:
-            recs["red_denoising_100it"] = _reconstruct(red_den_long, op, y, x0)
+            recs[long_name] = _reconstruct(red_den_long, op, y, x0)
         for v, w in variants.items():
             m = models[v]
             if w is None:  # the full-batch map (w = b): the ODER test solver, and Anderson to a tolerance
                 recs["red_deq"] = _reconstruct(
-                    _configure(m, mode="deq", solver="nesterov", iterations=TEST_ITERATIONS, tol=0.0),
+                    _configure(m, mode="deq", solver="nesterov", iterations=iterations, tol=0.0),
                     op,
                     y,
                     x0,
@@ -256,7 +284,7 @@ def _quality(
                     )
             else:
                 recs[f"oder_w{w}"] = _reconstruct(
-                    _configure(m, mode="oder", solver="nesterov", iterations=TEST_ITERATIONS, minibatch=w),
+                    _configure(m, mode="oder", solver="nesterov", iterations=iterations, minibatch=w),
                     op,
                     y,
                     x0,
@@ -288,8 +316,8 @@ def _quality(
                 seconds_per_image=seconds,
                 params={
                     "tv": tv.best,
-                    "red_denoising": {"tau": tau},
-                    "red_denoising_100it": {"tau": tau_long},
+                    long_name: {"tau": tau_long, "iterations": long_iterations},
+                    "red_denoising": {"tau": tau, "iterations": iterations},
                 }.get(method),
                 train_steps=train_steps.get(method),
             )
@@ -361,12 +389,13 @@ def _training_step_cost(model, op, x, y, x0, repeat: int, meter: IsolatedMemory)
 def _cost_rows(
     task, setting, op, net, x, snr_db, init_kind, widths, repeat, report, meter, iterations=None
 ) -> dict:
-    """Cost rows for each w; ``iterations`` (default: as in training and testing) scales both the
-    training step and the test reconstruction (``--quick`` uses :data:`QUICK_COST_ITERATIONS`)."""
+    """Cost rows for each w; ``iterations`` (the callers pass the models' trained count, or
+    :data:`QUICK_COST_ITERATIONS` for ``--quick``) scales both the training step and the test
+    reconstruction; :data:`TRAIN_ITERATIONS` / :data:`TEST_ITERATIONS` override it when set."""
     from deqir.methods.equilibrium import REDEquilibrium
 
-    train_iterations = iterations or TRAIN_ITERATIONS
-    test_iterations = iterations or TEST_ITERATIONS
+    train_iterations = TRAIN_ITERATIONS or iterations or DEFAULT_ITERATIONS
+    test_iterations = TEST_ITERATIONS or iterations or DEFAULT_ITERATIONS
 
     y = _simulate(op, x, snr_db, seed=3)
     x0 = _init(op, y, init_kind)
@@ -471,7 +500,8 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     from deqir.physics.registry import build_operator
 
     torch.manual_seed(0)
-    cost_iterations = QUICK_COST_ITERATIONS if quick else None
+    # every model is tested and costed with the forward iterations it was trained with
+    ct_iterations, mri_iterations = _trained_iterations("oder_ct_w30"), _trained_iterations("oder_mri_w4")
     n_test = 2 if quick else None  # None: the whole held-out split (CT 29 images, MRI 9)
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3
@@ -483,12 +513,16 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "ct_heavy": "256², 720 angles (the projector dominates), cost of one training step only",
             "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
             "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
-            "training": f"{TRAIN_ITERATIONS} Nesterov iterations + 3-step phantom gradient, batch 2",
-            "cost_iterations": QUICK_COST_ITERATIONS if quick else TRAIN_ITERATIONS,
-            "test_solvers": f"ODER, RED(DEQ) (= w = b) and RED(Denoising): {TEST_ITERATIONS} Nesterov "
-            f"iterations, as in training; ODER then averages {TEST_AVERAGE} further iterations "
+            "training": f"Nesterov iterations (CT {ct_iterations}, MRI {mri_iterations}, as the shipped "
+            "configs' max_iter) + 3-step phantom gradient, batch 2",
+            "cost_iterations": QUICK_COST_ITERATIONS
+            if quick
+            else {"ct": ct_iterations, "mri": mri_iterations},
+            "test_solvers": "ODER, RED(DEQ) (= w = b) and RED(Denoising): Nesterov with the iterations "
+            f"the task's models were trained with; ODER then averages {TEST_AVERAGE} further iterations "
             "(tail averaging) (red_deq_anderson: the full-batch map by Anderson, m=5, tol 1e-4, "
-            "<=100; red_denoising_100it: the pretrained prior with 100 iterations, its own tuned tau)",
+            "<=100; red_denoising_<N>it: the pretrained prior with a longer solve, "
+            f"N = max(100, {LONG_SOLVE_FACTOR} x the task's iterations), its own tuned tau)",
             "tuning": "TV lambda and RED(Denoising) tau on the validation split only",
             "test_images": "2 per test set (1 real CT slice)" if quick else "the whole held-out split",
             "val_images": n_val,
@@ -548,17 +582,20 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     cost_batch = 1 if quick else 2
     x_cost = _images("ct_phantoms+brain", "test", cost_batch)
     widths = (30, 90) if quick else (10, 30, 90)
-    costs["ct 128², b=90"] = _cost_rows(
-        "ct", "ct_128_90", ct, net, x_cost, 50.0, "fbp", widths, repeat, report, meter, cost_iterations
-    )
+    ct_iterations_cost = QUICK_COST_ITERATIONS if quick else ct_iterations
+
+    def ct_cost(setting, op, x, widths):
+        return _cost_rows(
+            "ct", setting, op, net, x, 50.0, "fbp", widths, repeat, report, meter, ct_iterations_cost
+        )
+
+    costs["ct 128², b=90"] = ct_cost("ct_128_90", ct, x_cost, widths)
     bar.update(1)
     # (b) heavy CT
     heavy = build_operator("ct", image_size=256, num_angles=720)
     x_heavy = _images("ct_phantoms+brain", "test", cost_batch, size=256)
     widths = (240, 720) if quick else (60, 120, 240, 720)
-    costs["ct 256², b=720"] = _cost_rows(
-        "ct", "ct_256_720", heavy, net, x_heavy, 50.0, "fbp", widths, repeat, report, meter, cost_iterations
-    )
+    costs["ct 256², b=720"] = ct_cost("ct_256_720", heavy, x_heavy, widths)
     bar.update(1)
     # (c) MRI
     mri = build_operator("mri_multi", image_size=128, num_coils=8, acceleration=4)
@@ -600,7 +637,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         repeat,
         report,
         meter,
-        cost_iterations,
+        QUICK_COST_ITERATIONS if quick else mri_iterations,
     )
     bar.update(1)
     bar.close()
