@@ -67,16 +67,14 @@ CT_RUNS = (
     "oder_ct_unet_post",
 )
 MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
-TEST_ITERATIONS: int | None = (
-    None  # Nesterov iterations at test time (None: as trained; the paper: 180 at 512²)
-)
+TEST_ITERATIONS: int | None = None  # Nesterov iterations at test (None: as trained; paper: 180)
 TRAIN_ITERATIONS: int | None = None  # forward iterations of a costed training step (None: as trained)
 DEFAULT_ITERATIONS = 40  # when a model's config names no max_iter
 LONG_SOLVE_FACTOR = 2.5  # RED(Denoising) is also run with this many times the iterations (at least 100)
 QUICK_COST_ITERATIONS = 10  # --quick: cost rows with 10 iterations (ratios between w, not absolute cost)
 TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging; 0 for full batch)
-# multi-coil MRI: 50 (chosen on the validation split: with 100 iterations, w = 4 of 8 coils and 10, ODER
-# was 1.16 dB behind RED(DEQ) there, with 50 0.55 dB; on CT validation 60 was no better than 10)
+# multi-coil MRI: 50, chosen on the validation split (it about halved ODER's gap to RED(DEQ) there;
+# on CT validation more averaging did not help)
 MRI_TEST_AVERAGE = 50
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
 RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -180,31 +178,30 @@ def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int, taus=No
     return best[2], best[1]
 
 
-def _trained_iterations(name: str | None) -> int:
-    """Forward iterations a shipped model was trained with (``method.options.max_iter`` of its
-    sidecar's config), so that it is tested and costed as trained.
-
-    Example:
-        >>> _trained_iterations("oder_mri_w4")
-        40
-    """
+def _shipped_config(name: str | None) -> dict:
+    """The training config in a shipped model's sidecar (``{}`` when there is no such model)."""
     from deqir.train.checkpoint import read_sidecar
 
     if name is None or not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
-        return DEFAULT_ITERATIONS
-    side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
-    options = ((side.get("config") or {}).get("method") or {}).get("options") or {}
+        return {}
+    return (read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}).get("config") or {}
+
+
+def _trained_iterations(name: str | None) -> int:
+    """Forward iterations a shipped model was trained with (``method.options.max_iter`` of its
+    config), so that it is tested and costed as trained.
+
+    Example:
+        >>> _trained_iterations("oder_mri_w4")
+        100
+    """
+    options = (_shipped_config(name).get("method") or {}).get("options") or {}
     return int(options.get("max_iter", DEFAULT_ITERATIONS))
 
 
 def _train_steps(name: str | None) -> int | None:
     """Training steps of a shipped model, from its sidecar's config (``None`` for untrained methods)."""
-    from deqir.train.checkpoint import read_sidecar
-
-    if name is None or not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
-        return None
-    side = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}
-    return (side.get("config") or {}).get("train", {}).get("steps")
+    return (_shipped_config(name).get("train") or {}).get("steps")
 
 
 def _quality(
@@ -593,27 +590,29 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     cost_batch = 1 if quick else 2
     x_cost = _images("ct_phantoms+brain", "test", cost_batch)
     widths = (30, 90) if quick else (10, 30, 90)
-    ct_iterations_cost = QUICK_COST_ITERATIONS if quick else ct_iterations
 
-    def cost_average(average: int, iterations: int) -> int:  # --quick: the same share of averaging
-        return max(1, round(average * QUICK_COST_ITERATIONS / iterations)) if quick else average
-
-    def ct_cost(setting, op, x, widths):
+    def cost(task, setting, op, network, x, snr_db, init_kind, widths, iterations, average):
+        if quick:  # fewer iterations, with the same share of tail averaging
+            average = max(1, round(average * QUICK_COST_ITERATIONS / iterations))
+            iterations = QUICK_COST_ITERATIONS
         return _cost_rows(
-            "ct",
+            task,
             setting,
             op,
-            net,
+            network,
             x,
-            50.0,
-            "fbp",
+            snr_db,
+            init_kind,
             widths,
             repeat,
             report,
             meter,
-            ct_iterations_cost,
-            cost_average(TEST_AVERAGE, ct_iterations),
+            iterations,
+            average,
         )
+
+    def ct_cost(setting, op, x, widths):
+        return cost("ct", setting, op, net, x, 50.0, "fbp", widths, ct_iterations, TEST_AVERAGE)
 
     costs["ct 128², b=90"] = ct_cost("ct_128_90", ct, x_cost, widths)
     bar.update(1)
@@ -652,7 +651,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     )
     bar.update(1)
     mri_net = load_shipped("oder_mri_w4").network
-    costs["mri 128², b=8 coils"] = _cost_rows(
+    costs["mri 128², b=8 coils"] = cost(
         "mri",
         "mri_128_8",
         mri,
@@ -661,11 +660,8 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         40.0,
         "zero_filled",
         (2, 4, 8),
-        repeat,
-        report,
-        meter,
-        QUICK_COST_ITERATIONS if quick else mri_iterations,
-        cost_average(MRI_TEST_AVERAGE, mri_iterations),
+        mri_iterations,
+        MRI_TEST_AVERAGE,
     )
     bar.update(1)
     bar.close()
