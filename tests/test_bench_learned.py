@@ -103,6 +103,28 @@ def test_isolated_memory_leaves_the_callers_model_untouched(memory_meter):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_memory_worker_keeps_recent_operators_and_measures_each_one(memory_meter, monkeypatch):
+    from deqir.methods.unrolling import build_loop_unrolled
+    from deqir.physics.registry import build_operator
+    from deqir.priors import DnCNN
+
+    monkeypatch.setattr(memory_meter, "max_operators", 2)
+    model = build_loop_unrolled(DnCNN(depth=3, width=4), steps=2)
+    small, large = build_operator("blur", 16, kernel_size=5), build_operator("blur", 48, kernel_size=5)
+    memory_meter.prepare(large)
+    memory_meter.prepare(build_operator("ct", 16, num_angles=4))  # a third: the oldest is dropped
+
+    def saved(op):
+        x = torch.rand(1, 1, op.image_shape[-1], op.image_shape[-1])
+        return memory_meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"]
+
+    # each step runs on its own operator, whether sent now, kept from before, or sent again
+    first_small, first_large = saved(small), saved(large)
+    assert first_large > 4 * first_small
+    assert (saved(small), saved(large)) == (first_small, first_large)
+    assert len(memory_meter._sent) == 2
+
+
 def test_luser_bench_reports_missing_weights_as_rows(monkeypatch, tmp_path):
     monkeypatch.setattr(common, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(luser, "TASKS", ("deblur",))

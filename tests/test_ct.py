@@ -185,6 +185,23 @@ def test_matrix_is_cached_by_geometry():
     assert c._values.data_ptr() != a._values.data_ptr()
 
 
+def test_pickles_carry_the_geometry_not_the_matrix():
+    import copy
+    import pickle
+
+    op = ParallelBeamCT(64, angles=torch.tensor([3.0, 47.5, 91.0, 170.0]), dtype=torch.float64)
+    blob = pickle.dumps(op)
+    assert len(blob) < op._values.numel() * op._values.element_size() / 10  # not the weights
+    x = torch.rand(2, 1, 64, 64, dtype=torch.float64)
+    ct_module.clear_cache()  # as in a fresh worker process: the matrix is rebuilt
+    for twin in (pickle.loads(blob), copy.deepcopy(op)):
+        assert twin._values.dtype == torch.float64
+        assert torch.equal(twin.angles, op.angles)
+        assert torch.equal(twin.A(x), op.A(x))
+        assert torch.equal(twin.A_adjoint(op.A(x)), op.A_adjoint(op.A(x)))
+        assert [n for n, _ in twin.named_buffers()] == [n for n, _ in op.named_buffers()]
+
+
 # --------------------------------------------------------------------------- FBP
 @pytest.mark.parametrize("filter_name,floor", [("ramp", 29.5), ("hann", 24.5)])
 def test_fbp_reconstructs_shepp_logan(phantom128, ct128, filter_name, floor):

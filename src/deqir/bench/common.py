@@ -372,8 +372,30 @@ def _reparametrize(model: Any, removed: list) -> Any:
     return model
 
 
-def _measure_in_worker(model: Any, removed: list, args: tuple) -> dict:
-    return training_step_memory(_reparametrize(model, removed), *args)
+_WORKER_PHYSICS: dict[int, Any] = {}  # in the memory worker: the operators it keeps, by key
+
+
+def _worker_physics(key: int, physics: Any, keep: tuple[int, ...]) -> Any:
+    """The worker's copy of operator ``key`` (``physics``: a new one to store; ``keep``: the keys
+    the caller still holds, the others are dropped)."""
+    for k in [k for k in _WORKER_PHYSICS if k not in keep]:
+        del _WORKER_PHYSICS[k]
+    if physics is not None:
+        _WORKER_PHYSICS[key] = physics
+    return _WORKER_PHYSICS[key]
+
+
+def _prepare_in_worker(key: int, physics: Any, keep: tuple[int, ...]) -> None:
+    import torch
+
+    op = _worker_physics(key, physics, keep)
+    with torch.no_grad():  # builds the operator's lazily derived kernels
+        op.A_adjoint(op.A(torch.zeros(1, *op.image_shape)))
+
+
+def _measure_in_worker(model: Any, removed: list, key: int, physics: Any, keep: tuple, args: tuple) -> dict:
+    op = _worker_physics(key, physics, keep)
+    return training_step_memory(_reparametrize(model, removed), op, *args)
 
 
 def _memory_worker_init(threads: int) -> None:
@@ -416,18 +438,49 @@ class IsolatedMemory:
 
         ctx = multiprocessing.get_context("spawn")
         self._pool = ctx.Pool(1, initializer=_memory_worker_init, initargs=(torch.get_num_threads(),))
+        self._sent: dict[int, Any] = {}  # the operators the worker keeps (held: ids stay unique)
+        self._preparing: list = []
         return self
+
+    #: the worker keeps at most this many operators (the most recently sent)
+    max_operators: int = 3
+
+    def _send(self, physics: Any) -> tuple[int, Any, tuple[int, ...]]:
+        key = id(physics)
+        new = key not in self._sent
+        self._sent.pop(key, None)
+        self._sent[key] = physics
+        while len(self._sent) > self.max_operators:
+            self._sent.pop(next(iter(self._sent)))
+        return key, physics if new else None, tuple(self._sent)
+
+    def prepare(self, physics: Any) -> None:
+        """Send ``physics`` to the worker now and build its kernels there, without waiting: a
+        large operator (a CT system matrix) is then ready when :meth:`step` first needs it.
+
+        Example:
+            >>> with IsolatedMemory() as meter:  # doctest: +SKIP
+            ...     meter.prepare(heavy_operator)  # built in the worker while this process works
+        """
+        self._preparing.append(self._pool.apply_async(_prepare_in_worker, self._send(physics)))
 
     def step(self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
         """:func:`training_step_memory` in the worker.
+
+        The worker keeps the last :attr:`max_operators` operators it received, so steps on the
+        same ``physics`` object send it once: do not change an operator in place between them.
 
         Raises:
             RuntimeError: the worker did not answer within :attr:`timeout_s` (killed for memory?).
         """
         import multiprocessing
 
+        for pending in self._preparing:  # ahead in the worker's queue; raises what they raised
+            pending.get(self.timeout_s)
+        self._preparing.clear()
         clone, removed = _picklable(model)
-        pending = self._pool.apply_async(_measure_in_worker, (clone, removed, (physics, x, y, init, repeat)))
+        args = (*self._send(physics), (x, y, init, repeat))
+        pending = self._pool.apply_async(_measure_in_worker, (clone, removed, *args))
         try:
             return pending.get(self.timeout_s)
         except multiprocessing.TimeoutError:

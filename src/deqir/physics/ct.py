@@ -270,10 +270,28 @@ class ParallelBeamCT(LinearOperator):
             self.to(device)
 
     # ------------------------------------------------------------------ helpers
-    def __getstate__(self) -> dict[str, Any]:  # copies and pickles rebuild derived caches lazily
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and copies carry the geometry, not the system matrix (680 MB at 256² and 720
+        angles): :meth:`__setstate__` rebuilds it, from this process's cache when it has it.
+        Derived kernels are rebuilt lazily."""
         state = self.__dict__.copy()
         state["_kernels"] = {}
+        buffers = dict(state["_buffers"])
+        values = buffers.pop("_values")
+        del buffers["_indptr"], buffers["_indices"]
+        state["_buffers"] = buffers
+        state["_system_spec"] = (values.dtype, values.device)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        dtype, device = state.pop("_system_spec")
+        self.__dict__.update(state)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        angles = self.angles.detach().to("cpu", torch.float64).numpy()
+        system = _system_matrix(self.image_size, self.num_detectors, angles, np_dtype)
+        self._buffers["_indptr"] = torch.from_numpy(system.indptr).to(device)
+        self._buffers["_indices"] = torch.from_numpy(system.indices).to(device)
+        self._buffers["_values"] = torch.from_numpy(system.data).to(device=device, dtype=dtype)
 
     @property
     def angles_deg(self) -> torch.Tensor:
