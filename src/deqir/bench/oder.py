@@ -5,9 +5,9 @@ Three settings (METHODS.md §4, issue "ODER and its baselines"):
 (a) sparse-view CT, 128², 90 angles, 50 dB input SNR, CT-like test images (phantoms and brain
     slices, the held-out split of ``ct_phantoms+brain``) and the real CT slices of pydicom:
     FBP (Hann), TV (λ tuned on the validation split), RED(Denoising) (the pretrained prior, step
-    and τ tuned on validation), RED(DEQ) (full batch, Anderson at test), ODER with w = 10 and 30
-    of 90 stratified angles (Nesterov, a fixed number of iterations at test), and the RED(DEQ)
-    weights run with the ODER solver at w = 90;
+    and τ tuned on validation), RED(DEQ) (full batch, Nesterov at test, and solved to its fixed
+    point by Anderson), ODER with w = 10 and 30 of 90 stratified angles (Nesterov, a fixed
+    number of iterations at test, then tail averaging), RED(Unfold) and a U-Net on FBP;
 (b) a measurement-heavy CT setting (256², 720 angles) where the projector dominates: cost of
     one training step for w ∈ {b/12, b/6, b/3, b} with the same network (fully convolutional);
 (c) multi-coil MRI, 128², 8 coils, 4× Cartesian, 40 dB: zero-filled, TV, RED(Denoising),
@@ -21,7 +21,11 @@ and ``ct_oder_minus_tv_db`` come with the standard error of the paired per-image
 ``ct_oder_minus_tv_by_source`` splits ODER minus TV by where the test images come from, and
 ``{ct,mri}_val_snr_gap_db`` give the target gaps on the whole validation split, scored like a
 test set, to show how stable a gap is (its first images chose the training checkpoints and tune
-TV and RED(Denoising), so it is not a second test set).
+TV and RED(Denoising), so it is not a second test set). ``red_deq_fixed_point`` solves RED(DEQ)'s
+map to its fixed point (Anderson, relative residual :data:`FIXED_POINT_TOL`), and
+``{ct,mri}_fixed_point_minus_trained_iterations_db`` says what that fixed point scores against
+the iterations the model was trained with: negative means the trained model is a network of its
+iterations more than an equilibrium model.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -76,6 +80,10 @@ TEST_AVERAGE = 10  # ODER at test: mean of 10 further iterations (tail averaging
 # multi-coil MRI: 50, chosen on the validation split (it about halved ODER's gap to RED(DEQ) there;
 # on CT validation more averaging did not help)
 MRI_TEST_AVERAGE = 50
+# RED(DEQ)'s map solved to its fixed point (Anderson, m = 5): is the trained map an equilibrium
+# model, or a network of its training iterations?
+FIXED_POINT_TOL = 1e-6  # relative residual ||T(z) - z|| / ||T(z)||
+FIXED_POINT_MAX_ITER = 400
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
 RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 QUICK_TV_GRID = [1e-4, 1e-3, 1e-2]  # --quick only (60 TV iterations)
@@ -153,6 +161,29 @@ def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
     with torch.no_grad():
         out = torch.cat([model(y[i : i + 1], op, init=x0[i : i + 1]) for i in range(y.shape[0])])
     return out, (time.perf_counter() - t0) / y.shape[0]
+
+
+def _solve_to_fixed_point(model, op, y, x0) -> tuple[tuple[torch.Tensor, float], dict]:
+    """The full-batch map solved by Anderson to :data:`FIXED_POINT_TOL` (at most
+    :data:`FIXED_POINT_MAX_ITER` iterations), one image at a time; returns the reconstruction,
+    seconds per image and how the solves ended."""
+    _configure(model, mode="deq", solver="anderson", iterations=FIXED_POINT_MAX_ITER, tol=FIXED_POINT_TOL)
+    outs, stats, t0 = [], [], time.perf_counter()
+    with torch.no_grad():
+        for i in range(y.shape[0]):
+            outs.append(model(y[i : i + 1], op, init=x0[i : i + 1]))
+            stats.append(model.last_stats)
+    seconds = (time.perf_counter() - t0) / y.shape[0]
+    info = {
+        "solver": "anderson",
+        "tol": FIXED_POINT_TOL,
+        "max_iter": FIXED_POINT_MAX_ITER,
+        "converged": sum(int(s.converged.all()) for s in stats),
+        "images": len(stats),
+        "median_iterations": float(torch.cat([s.iterations for s in stats]).float().median()),
+        "max_rel_residual": float(max(s.rel_residual.max() for s in stats)),
+    }
+    return (torch.cat(outs), seconds), info
 
 
 def _red_denoising(prior_net, op, val_x, val_y, val_x0, iterations: int, taus=None):
@@ -251,13 +282,14 @@ def _quality(
     models = {v: load_shipped(names[v]) for v in variants}
     shipped = {
         "red_deq": names.get("red_deq"),
-        "red_deq_anderson": names.get("red_deq"),
+        "red_deq_fixed_point": names.get("red_deq"),
         "red_unfold": names.get("unfold"),
         "unet_post": names.get("unet_post"),
         **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
     }
     train_steps = {method: _train_steps(name) for method, name in shipped.items()}
     results: dict[str, dict[str, float]] = {}
+    fixed_point: dict[str, dict] = {}
     for set_name, x in test_sets.items():
         if x.shape[0] == 0:
             continue
@@ -282,9 +314,7 @@ def _quality(
                     x0,
                 )
                 if not quick:
-                    recs["red_deq_anderson"] = _reconstruct(
-                        _configure(m, mode="deq", solver="anderson", iterations=100), op, y, x0
-                    )
+                    recs["red_deq_fixed_point"], fixed_point[set_name] = _solve_to_fixed_point(m, op, y, x0)
             else:
                 recs[f"oder_w{w}"] = _reconstruct(
                     _configure(
@@ -323,6 +353,7 @@ def _quality(
                     "tv": tv.best,
                     long_name: {"tau": tau_long, "iterations": long_iterations},
                     "red_denoising": {"tau": tau, "iterations": iterations},
+                    "red_deq_fixed_point": fixed_point.get(set_name),
                 }.get(method),
                 train_steps=train_steps.get(method),
             )
@@ -528,8 +559,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "test_solvers": "ODER, RED(DEQ) (= w = b) and RED(Denoising): Nesterov with the iterations "
             f"the task's models were trained with; ODER then averages {TEST_AVERAGE} (MRI: "
             f"{MRI_TEST_AVERAGE}) further iterations "
-            "(tail averaging) (red_deq_anderson: the full-batch map by Anderson, m=5, tol 1e-4, "
-            "<=100; red_denoising_<N>it: the pretrained prior with a longer solve, "
+            "(tail averaging) (red_deq_fixed_point: the full-batch map solved to its fixed point by "
+            f"Anderson, m=5, relative residual {FIXED_POINT_TOL:g}, <= {FIXED_POINT_MAX_ITER}; "
+            "red_denoising_<N>it: the pretrained prior with a longer solve, "
             f"N = max(100, {LONG_SOLVE_FACTOR} x the task's iterations), its own tuned tau)",
             "tuning": "TV lambda and RED(Denoising) tau on the validation split only",
             "test_images": "2 per test set (1 real CT slice)" if quick else "the whole held-out split",
@@ -705,6 +737,11 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     if not quick:
         report.config["test_images"] += f" ({s['ct_test_images']} CT, {s['mri_test_images']} MRI)"
     s["mri_snr_gap_w2_db"] = mri_q["test"]["red_deq"] - mri_q["test"]["oder_w2"]
+    for task, q in (("ct", ct_q), ("mri", mri_q)):  # is the trained map an equilibrium model?
+        if "red_deq_fixed_point" in q["test"]:
+            s[f"{task}_fixed_point_minus_trained_iterations_db"] = (
+                q["test"]["red_deq_fixed_point"] - q["test"]["red_deq"]
+            )
     for task, q in (("ct", ct_q), ("mri", mri_q)):  # the same gap on the whole validation split
         if "val" in q:
             w = "oder_w30" if task == "ct" else "oder_w4"
