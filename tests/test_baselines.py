@@ -14,13 +14,13 @@ from deqir.methods.baselines import (
 )
 from deqir.methods.common import data_step, initial_estimate, lipschitz
 from deqir.methods.denoisers import BlindDenoiser, GaussianSmoother, as_denoiser
-from deqir.methods.pnp import pnp_admm, pnp_pgm, red_fp, red_gd
+from deqir.methods.pnp import pnp_admm, pnp_hqs, pnp_pgm, red_fp, red_gd
 from deqir.methods.tv import grad2d, grad2d_adjoint, total_variation, tv_objective, tv_reconstruction
 from deqir.metrics import psnr
 from deqir.physics.registry import build_operator
 
 SIZE = 48
-ITERS = {"tv": 50, "pnp_pgm": 20, "pnp_admm": 15, "red_gd": 30, "red_fp": 10}
+ITERS = {"tv": 50, "pnp_pgm": 20, "pnp_admm": 15, "pnp_hqs": 20, "red_gd": 30, "red_fp": 10}
 NOISE = {"blur": {"noise_sigma": 0.02}, "ct": {"noise_snr_db": 30.0}, "mri_single": {"noise_snr_db": 30.0}}
 
 
@@ -248,3 +248,34 @@ def test_shipped_pretrained_denoiser_in_pnp(problems, phantom):
     start = float(psnr(initial_estimate(op, y).clamp(0, 1), phantom))
     res = run_baseline(op, y, "pnp_admm", denoiser=D, iterations=10)
     assert float(psnr(res.x.clamp(0, 1), phantom)) > start + 0.5
+
+
+def test_hqs_anneals_the_noise_level_and_the_data_step(problems):
+    op, y = problems["blur"]
+    seen = []
+
+    def recording(x, sigma):
+        seen.append(float(sigma))
+        return GaussianSmoother()(x, sigma)
+
+    res = pnp_hqs(op, y, recording, sigma=0.01, sigma_start=0.16, gamma=2.0, iterations=5)
+    assert seen == pytest.approx([0.16, 0.08, 0.04, 0.02, 0.01])  # geometric, first to last
+    assert int(res.stats.iterations[0]) == 5
+    # the same steps by hand: data step with gamma * (sigma_k / sigma)^2, then the denoiser
+    z = initial_estimate(op, y)
+    for s in seen:
+        z = GaussianSmoother()(op.prox_data(z, y, 2.0 * (s / 0.01) ** 2), s)
+    assert float((res.x - z).abs().max()) < 1e-5
+    seen.clear()
+    pnp_hqs(op, y, recording, sigma=0.01, iterations=1)
+    assert seen == [0.01]  # one iteration: the last noise level
+    with pytest.raises(InvalidValueError, match="sigma_start .* must be at least sigma"):
+        pnp_hqs(op, y, recording, sigma=0.05, sigma_start=0.01)
+
+
+def test_hqs_through_run_baseline_uses_scale_free_parameters(problems):
+    op, y = problems["ct"]
+    L = lipschitz(op)
+    res = run_baseline(op, y, "pnp_hqs", denoiser=GaussianSmoother(), params={"gamma": 8.0}, iterations=3)
+    assert res.params["gamma"] == pytest.approx(8.0 / L, rel=1e-6)
+    assert res.params["sigma_start"] == 0.2 and res.params["data_step"] == "auto"

@@ -104,7 +104,8 @@ def reconstruct(
     method: str = typer.Option(
         None,
         "--method",
-        help="tikhonov, fbp, zero_filled, tv, pnp_pgm, pnp_admm, red_gd, red_fp (default: classical).",
+        help="tikhonov, fbp, zero_filled, tv, pnp_pgm, pnp_admm, pnp_hqs, red_gd, red_fp "
+        "(default: classical).",
     ),
     denoiser: str = typer.Option(
         None, "--denoiser", help="For PnP/RED: natural, ct, mri, scico17 (default: the task's)."

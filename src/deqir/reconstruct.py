@@ -1,8 +1,8 @@
 """Reconstruct one image file (simulating its measurements) or one measurement file.
 
 What ``deqir reconstruct`` runs. Methods (``--method``): the classical ``tikhonov``, ``fbp``,
-``zero_filled`` and the iterative baselines ``tv``, ``pnp_pgm``, ``pnp_admm``, ``red_gd``,
-``red_fp`` (:func:`deqir.methods.baselines.run_baseline`, default scale-free hyperparameters,
+``zero_filled`` and the iterative baselines ``tv``, ``pnp_pgm``, ``pnp_admm``, ``pnp_hqs``,
+``red_gd``, ``red_fp`` (:func:`deqir.methods.baselines.run_baseline`, default scale-free hyperparameters,
 iterates clipped to [0, 1]); the PnP/RED methods use ``--denoiser`` (``natural``, ``ct``, ``mri``,
 ``scico17``; default: the task's domain, :data:`DEFAULT_DENOISERS`).
 
@@ -136,7 +136,7 @@ def reconstruct(
         size: image side in pixels.
         noise_sigma, noise_snr_db: noise of simulated measurements (default: the task's).
         seed: seed of the noise.
-        denoiser: for ``pnp_pgm``, ``pnp_admm``, ``red_gd``, ``red_fp``: a name (``natural``,
+        denoiser: for ``pnp_pgm``, ``pnp_admm``, ``pnp_hqs``, ``red_gd``, ``red_fp``: a name (``natural``,
             ``ct``, ``mri``, ``scico17``), a torch module ``D(x, sigma)`` or a callable; default
             the task's (:data:`DEFAULT_DENOISERS`).
         iterations: iterations of an iterative method (default: the method's).

@@ -12,14 +12,18 @@ with :func:`deqir.methods.baselines.tune_hyperparameters`, never on test images)
 * ``mri_multi``: 8-coil MRI, 4x, 40 dB, ``brain`` images.
 
 Methods: the task's classical reconstructions (Tikhonov by the discrepancy principle, FBP,
-zero-filled), TV (FISTA), PnP-PGM, PnP-ADMM, RED-GD and RED-FP with the domain's pretrained
+zero-filled), TV (FISTA), PnP-PGM, PnP-ADMM, PnP-HQS (DPIR), RED-GD and RED-FP with the domain's pretrained
 denoiser (``natural`` / ``ct`` / ``mri`` of :func:`deqir.priors.pretrained.load_pretrained`);
 where those weights are not installed the bench falls back to scico's DnCNN-17 (``scico17``) and
 says so in ``config["denoisers"]`` and in every row. Every reconstruction is clipped to [0, 1]
 before scoring.
 
 Rows: one per task and method: mean PSNR / SNR / SSIM, mean iterations and seconds per image,
-the tuned hyperparameters. Summary per task: ``<task>_best_pnp_red_psnr``, ``<task>_tv_psnr``,
+the tuned hyperparameters and their validation PSNR. Summary per task:
+``<task>_best_pnp_red_method`` (the PnP/RED method with the best validation PSNR: the method is
+chosen on validation like its hyperparameters) and its test ``<task>_best_pnp_red_psnr``,
+``<task>_pnp_red_best_on_test`` and ``<task>_pnp_red_best_on_test_psnr`` (the best on the test
+images, for reference only), ``<task>_tv_psnr``,
 ``<task>_classical_psnr`` (the best classical method), ``<task>_pnp_red_above_tv`` and
 ``<task>_tv_above_classical`` (1 or 0), ``<task>_pnp_red_minus_tv_se_db`` (the standard error of
 the paired per-image PSNR difference between the best PnP/RED and TV) and ``<task>_test_images``,
@@ -48,7 +52,7 @@ import torch
 
 from deqir.bench.common import BenchReport
 
-PNP_RED = ("pnp_pgm", "pnp_admm", "red_gd", "red_fp")
+PNP_RED = ("pnp_pgm", "pnp_admm", "pnp_hqs", "red_gd", "red_fp")
 
 #: Task definitions: operator, data, noise, classical methods and the domain's denoiser.
 TASKS: dict[str, dict[str, Any]] = {
@@ -99,7 +103,7 @@ FULL = {
     "size": 128,
     "test_images": 8,  # at most: natural has 5 test images, the real CT slices 4
     "val_images": 2,
-    "iterations": {"tv": 200, "pnp_pgm": 100, "pnp_admm": 60, "red_gd": 100, "red_fp": 30},
+    "iterations": {"tv": 200, "pnp_pgm": 100, "pnp_admm": 60, "pnp_hqs": 60, "red_gd": 100, "red_fp": 30},
     # every combination of each grid is tried on the validation split. The ranges cover the
     # optima of all five tasks: deblurring (noise 0.01 on [0, 1] images) wants a strong denoiser
     # (sigma 0.04-0.06, RED tau ~0.1), CT and MRI at 40-50 dB a weak one (sigma <= 0.01, tau
@@ -108,6 +112,8 @@ FULL = {
         "tv": {"lam": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
         "pnp_pgm": {"gamma": [1.9], "sigma": [0.005, 0.01, 0.02, 0.04, 0.06, 0.08]},
         "pnp_admm": {"gamma": [4.0, 16.0, 64.0, 256.0], "sigma": [0.0025, 0.005, 0.01, 0.02, 0.04, 0.06]},
+        # DPIR: the noise level falls from 0.2 (~49/255) to sigma; gamma is the last data step
+        "pnp_hqs": {"gamma": [2.0, 8.0, 32.0, 128.0], "sigma": [0.0025, 0.005, 0.01, 0.02, 0.04]},
         "red_gd": {"sigma": [0.01, 0.02, 0.04], "tau": [0.001, 0.003, 0.01, 0.03, 0.1]},
         "red_fp": {"sigma": [0.01, 0.02, 0.04], "tau": [0.001, 0.003, 0.01, 0.03, 0.1]},
     },
@@ -119,11 +125,12 @@ QUICK = {
     "size": 64,
     "test_images": 1,
     "val_images": 1,
-    "iterations": {"tv": 100, "pnp_pgm": 15, "pnp_admm": 10, "red_gd": 30, "red_fp": 10},
+    "iterations": {"tv": 100, "pnp_pgm": 15, "pnp_admm": 10, "pnp_hqs": 15, "red_gd": 30, "red_fp": 10},
     "grids": {
         "tv": {"lam": [1e-5, 1e-4, 1e-3]},
         "pnp_pgm": {"gamma": [1.9], "sigma": [0.005, 0.02]},
         "pnp_admm": {"sigma": [0.005, 0.02]},
+        "pnp_hqs": {"sigma": [0.005, 0.02]},
         "red_gd": {"tau": [0.003, 0.01]},
         "red_fp": {"tau": [0.003, 0.03]},
     },
@@ -168,7 +175,7 @@ def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = N
             "torch_threads": torch.get_num_threads(),
         },
     )
-    tuned: dict[str, dict[str, dict[str, float]]] = {}
+    tuned: dict[str, dict[str, dict]] = {}
     figure_rows = []
     pretrained_everywhere = True
     for task, spec in TASKS.items():
@@ -234,10 +241,10 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
     op = build_operator(spec["operator"], image_size=size)
     noise = spec["noise"]
     if spec.get("tuned_as"):
-        params = tuned[spec["tuned_as"]]
+        params, val_psnr = tuned[spec["tuned_as"]]["params"], tuned[spec["tuned_as"]]["val_psnr"]
     else:
         val = _images(spec["val"], "val", size, setup["val_images"])
-        params = {}
+        params, val_psnr = {}, {}
         for method in ("tv", *PNP_RED):
             res = tune_hyperparameters(
                 op,
@@ -250,8 +257,8 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
                 strategy=setup["strategy"],
                 **noise,
             )
-            params[method] = res.best
-        tuned[task] = params
+            params[method], val_psnr[method] = res.best, res.best_score
+        tuned[task] = {"params": params, "val_psnr": val_psnr}
     truth = _images(spec["test"], "test", size, setup["test_images"])
     y = simulate(op, truth, seed=0, **noise)
     sigma_entry = float((y - op.A(truth)).abs().pow(2).mean().sqrt())
@@ -286,15 +293,22 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
                 "images": int(truth.shape[0]),
                 "size": size,
                 "params": json.dumps({k: v for k, v in (params.get(method) or {}).items()}),
+                "val_psnr": val_psnr.get(method),
             }
         )
     best_classical = max(spec["classical"], key=lambda k: results[k][0])
-    best_pnp = max(PNP_RED, key=lambda k: results[k][0])
+    # the PnP/RED method that goes against TV is chosen on the validation split, like its
+    # hyperparameters (the best one on the test images is reported beside it)
+    best_pnp = max(PNP_RED, key=lambda k: val_psnr[k])
+    best_on_test = max(PNP_RED, key=lambda k: results[k][0])
     for row in rows:
         row["best_in_kind"] = row["method"] in (best_classical, best_pnp) or row["method"] == "tv"
     p_pnp, p_tv, p_cl = results[best_pnp][0], results["tv"][0], results[best_classical][0]
     summary = {
+        f"{task}_best_pnp_red_method": best_pnp,
         f"{task}_best_pnp_red_psnr": round(p_pnp, 3),
+        f"{task}_pnp_red_best_on_test": best_on_test,
+        f"{task}_pnp_red_best_on_test_psnr": round(results[best_on_test][0], 3),
         f"{task}_tv_psnr": round(p_tv, 3),
         f"{task}_classical_psnr": round(p_cl, 3),
         f"{task}_pnp_red_above_tv": int(p_pnp > p_tv),

@@ -36,6 +36,7 @@ _EXPORTS = {
     "prox_tv": "tv",
     "pnp_pgm": "pnp",
     "pnp_admm": "pnp",
+    "pnp_hqs": "pnp",
     "red_gd": "pnp",
     "red_fp": "pnp",
     "BaselineResult": "common",

@@ -2,19 +2,22 @@
 
 Methods (:data:`BASELINE_METHODS`): the classical ``tikhonov``, ``fbp``, ``zero_filled``
 (:mod:`deqir.methods.classical`), ``tv`` (:mod:`deqir.methods.tv`) and the denoiser-based
-``pnp_pgm``, ``pnp_admm``, ``red_gd``, ``red_fp`` (:mod:`deqir.methods.pnp`).
+``pnp_pgm``, ``pnp_admm``, ``pnp_hqs``, ``red_gd``, ``red_fp`` (:mod:`deqir.methods.pnp`).
 
 Hyperparameters given to :func:`run_baseline` are *scale-free*, so one value suits an operator
 of any norm (CT's ``‖A‖²`` is ~10⁴, blur's 1): with ``L = ‖A‖²``,
 
-========  =============================================  =========================
-name      meaning                                        default (:data:`DEFAULTS`)
-========  =============================================  =========================
-``lam``   TV weight ``λ / L``                            1e-3
-``sigma`` the denoiser's noise level on [0, 1] images    0.01 (PnP), 0.02 (RED)
-``gamma`` step ``γ·L`` (PnP-PGM step, ADMM's ``1/ρ``)    1 (PGM), 16 (ADMM)
-``tau``   RED weight ``τ / L``                           0.01
-========  =============================================  =========================
+===============  ==========================================  ==================================
+name             meaning                                     default (:data:`DEFAULTS`)
+===============  ==========================================  ==================================
+``lam``          TV weight ``λ / L``                         1e-3
+``sigma``        the denoiser's noise level on [0, 1]        0.01 (PnP; HQS: the last one),
+                 images                                      0.02 (RED)
+``sigma_start``  HQS's first noise level                     0.2
+``gamma``        step ``γ·L`` (PnP-PGM step, ADMM's          1 (PGM), 16 (ADMM), 8 (HQS)
+                 ``1/ρ``, HQS's last data step)
+``tau``          RED weight ``τ / L``                        0.01
+===============  ==========================================  ==================================
 
 :func:`tune_hyperparameters` picks them by grid search (:data:`DEFAULT_GRIDS`) on images the
 caller provides: give it the *validation* split, never the test split.
@@ -45,7 +48,7 @@ from deqir.errors import InvalidValueError, unknown_name_message
 from deqir.methods.common import BaselineResult, check_inputs, lipschitz, project
 
 CLASSICAL = ("tikhonov", "fbp", "zero_filled")
-DENOISER_METHODS = ("pnp_pgm", "pnp_admm", "red_gd", "red_fp")
+DENOISER_METHODS = ("pnp_pgm", "pnp_admm", "pnp_hqs", "red_gd", "red_fp")
 #: Every method :func:`run_baseline` accepts.
 BASELINE_METHODS = (*CLASSICAL, "tv", *DENOISER_METHODS)
 
@@ -55,17 +58,26 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "tv": {"lam": 1e-3},
     "pnp_pgm": {"sigma": 0.01, "gamma": 1.0},
     "pnp_admm": {"sigma": 0.01, "gamma": 16.0},
+    "pnp_hqs": {"sigma": 0.01, "sigma_start": 0.2, "gamma": 8.0},
     "red_gd": {"sigma": 0.02, "tau": 0.01},
     "red_fp": {"sigma": 0.02, "tau": 0.01},
 }
 #: Default iteration counts.
-ITERATIONS: dict[str, int] = {"tv": 200, "pnp_pgm": 50, "pnp_admm": 30, "red_gd": 100, "red_fp": 30}
+ITERATIONS: dict[str, int] = {
+    "tv": 200,
+    "pnp_pgm": 50,
+    "pnp_admm": 30,
+    "pnp_hqs": 60,
+    "red_gd": 100,
+    "red_fp": 30,
+}
 #: Default tuning grids (scale-free values). PnP-PGM's ``gamma`` stays below 2 (convergence of
 #: the gradient step).
 DEFAULT_GRIDS: dict[str, dict[str, list[float]]] = {
     "tv": {"lam": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
     "pnp_pgm": {"gamma": [1.0, 1.9], "sigma": [0.005, 0.01, 0.02]},
     "pnp_admm": {"gamma": [4.0, 16.0, 64.0], "sigma": [0.0025, 0.005, 0.01, 0.02]},
+    "pnp_hqs": {"gamma": [8.0, 32.0, 128.0], "sigma": [0.0025, 0.005, 0.01, 0.02]},
     "red_gd": {"tau": [0.003, 0.01, 0.03, 0.1], "sigma": [0.01, 0.02, 0.04]},
     "red_fp": {"tau": [0.003, 0.01, 0.03, 0.1], "sigma": [0.01, 0.02, 0.04]},
 }
@@ -167,6 +179,8 @@ def run_baseline(
         common = {"x0": x0, "iterations": iters, "tol": tol, "bounds": bounds, "sigma": p["sigma"]}
         if method in ("pnp_pgm", "pnp_admm"):
             res = getattr(pnp, method)(op, y, denoiser, gamma=p["gamma"] / L, **common)
+        elif method == "pnp_hqs":
+            res = pnp.pnp_hqs(op, y, denoiser, gamma=p["gamma"] / L, sigma_start=p["sigma_start"], **common)
         else:
             res = getattr(pnp, method)(op, y, denoiser, tau=p["tau"] * L, **common)
     res.params = {**res.params, **{f"{k}_rel": v for k, v in p.items()}}

@@ -10,6 +10,14 @@ With ``g(x) = ½‖Ax − y‖²``, ``L = ‖A‖²`` and a denoiser ``D`` (see
       z⁺ = D(x + u, σ),   u⁺ = u + x − z⁺
 
   state ``(z, u)``; the reconstruction is ``z``; ``γ = 1/L`` by default;
+* :func:`pnp_hqs`: PnP half-quadratic splitting with an annealed noise level (DPIR, Zhang et
+  al. 2021)::
+
+      x_k = argmin ½‖Ax − y‖² + 1/(2γ_k)‖x − z_{k−1}‖²,   z_k = D(x_k, σ_k)
+
+  with ``σ_k`` falling geometrically from ``σ_start`` to ``σ`` over the iterations and
+  ``γ_k = γ (σ_k/σ)²`` (a strong denoiser and a loose data fit first, then a weak denoiser and a
+  tight fit); the reconstruction is ``z``;
 * :func:`red_gd`: RED gradient descent ``x⁺ = x − γ(∇g(x) + τ(x − D(x, σ)))`` with
   ``γ = 1/(L + τ)`` and Nesterov acceleration by default;
 * :func:`red_fp`: RED fixed-point iteration (Romano, Elad and Milanfar 2017): solve
@@ -42,6 +50,7 @@ from typing import Any
 
 import torch
 
+from deqir.errors import InvalidValueError
 from deqir.methods.common import (
     BaselineResult,
     Bounds,
@@ -59,11 +68,18 @@ from deqir.methods.denoisers import as_denoiser
 DEFAULT_PARAMS: dict[str, dict[str, float]] = {
     "pnp_pgm": {"sigma": 0.02, "gamma": 1.0},
     "pnp_admm": {"sigma": 0.02, "gamma": 1.0},
+    "pnp_hqs": {"sigma": 0.01, "sigma_start": 0.2, "gamma": 8.0},
     "red_gd": {"sigma": 0.02, "tau": 0.1},
     "red_fp": {"sigma": 0.02, "tau": 0.1},
 }
 #: Default iteration counts.
-DEFAULT_ITERATIONS: dict[str, int] = {"pnp_pgm": 50, "pnp_admm": 30, "red_gd": 100, "red_fp": 30}
+DEFAULT_ITERATIONS: dict[str, int] = {
+    "pnp_pgm": 50,
+    "pnp_admm": 30,
+    "pnp_hqs": 60,
+    "red_gd": 100,
+    "red_fp": 30,
+}
 
 
 def _prepare(op, y, x0, denoiser):
@@ -192,6 +208,85 @@ def pnp_admm(
         sol = fixed_point(step, (x0, torch.zeros_like(x0)), solver=make_solver(iterations, tol, False))
     params = {"sigma": sigma, "gamma": gamma, "data_step": data_step_mode}
     return _finish(sol.value[0], sol.stats, params, "pnp_admm", t0)
+
+
+def pnp_hqs(
+    op,
+    y: torch.Tensor,
+    denoiser: Any,
+    *,
+    sigma: float = DEFAULT_PARAMS["pnp_hqs"]["sigma"],
+    sigma_start: float = DEFAULT_PARAMS["pnp_hqs"]["sigma_start"],
+    gamma: float | None = None,
+    data_step_mode: str = "auto",
+    cg_iter: int = 20,
+    cg_tol: float = 1e-5,
+    x0: torch.Tensor | None = None,
+    iterations: int = DEFAULT_ITERATIONS["pnp_hqs"],
+    tol: float = 0.0,
+    bounds: Bounds = None,
+) -> BaselineResult:
+    """PnP half-quadratic splitting with an annealed noise level (DPIR; see the module docstring).
+
+    The map changes at every iteration (its ``σ_k`` and ``γ_k``), so this is a schedule of
+    ``iterations`` steps run by the engine, not a search for a fixed point: with ``tol > 0`` the
+    engine may stop it before the schedule ends.
+
+    Args:
+        op, y, denoiser, x0, iterations, tol, bounds: as in :func:`pnp_pgm`.
+        sigma: the denoiser's noise level at the last iteration.
+        sigma_start: its noise level at the first iteration (at least ``sigma``; DPIR: 49/255).
+        gamma: the data step's ``γ`` at the last iteration (absolute); default ``8/‖A‖²``.
+        data_step_mode, cg_iter, cg_tol: how the data step is solved (see :func:`pnp_admm`).
+
+    Returns:
+        :class:`~deqir.methods.common.BaselineResult` whose ``x`` is the denoised variable ``z``.
+
+    Example:
+        >>> import torch
+        >>> from deqir.methods.denoisers import GaussianSmoother
+        >>> from deqir.physics.registry import build_operator
+        >>> op = build_operator("blur", image_size=32)
+        >>> res = pnp_hqs(op, op.A(torch.rand(1, 1, 32, 32)), GaussianSmoother(), iterations=8)
+        >>> [round(s, 4) for s in res.params["sigma_schedule"][:: 7]]
+        [0.2, 0.01]
+    """
+    from deqir.solvers import fixed_point
+
+    t0 = time.perf_counter()
+    x0, D, L = _prepare(op, y, x0, denoiser)
+    gamma = DEFAULT_PARAMS["pnp_hqs"]["gamma"] / L if gamma is None else positive("gamma", gamma)
+    sigma, sigma_start = positive("sigma", sigma), positive("sigma_start", sigma_start)
+    if sigma_start < sigma:
+        raise InvalidValueError(
+            f"sigma_start ({sigma_start}) must be at least sigma ({sigma}): the noise level falls"
+        )
+    solver = make_solver(iterations, tol, accelerate=False)
+    count = solver.max_iter
+    sigmas = (
+        [sigma_start * (sigma / sigma_start) ** (k / (count - 1)) for k in range(count)]
+        if count > 1
+        else [sigma]
+    )
+    calls = [0]
+
+    def step(z: torch.Tensor) -> torch.Tensor:
+        s_k = sigmas[min(calls[0], count - 1)]
+        calls[0] += 1
+        x = data_step(op, z, y, gamma * (s_k / sigma) ** 2, data_step_mode, cg_tol=cg_tol, cg_iter=cg_iter)
+        return project(D(x, s_k), bounds)
+
+    with torch.no_grad():
+        data_step(op, x0, y, gamma, data_step_mode, cg_iter=1)  # validate the mode once
+        sol = fixed_point(step, x0, solver=solver)
+    params = {
+        "sigma": sigma,
+        "sigma_start": sigma_start,
+        "gamma": gamma,
+        "data_step": data_step_mode,
+        "sigma_schedule": sigmas,
+    }
+    return _finish(sol.value, sol.stats, params, "pnp_hqs", t0)
 
 
 def red_gd(
