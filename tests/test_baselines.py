@@ -260,7 +260,7 @@ def test_hqs_anneals_the_noise_level_and_the_data_step(problems):
 
     res = pnp_hqs(op, y, recording, sigma=0.01, sigma_start=0.16, gamma=2.0, iterations=5)
     assert seen == pytest.approx([0.16, 0.08, 0.04, 0.02, 0.01])  # geometric, first to last
-    assert int(res.stats.iterations[0]) == 5
+    assert int(res.stats.iterations[0]) == 5 and res.params["sigma_reached"] == pytest.approx(0.01)
     # the same steps by hand: data step with gamma * (sigma_k / sigma)^2, then the denoiser
     z = initial_estimate(op, y)
     for s in seen:

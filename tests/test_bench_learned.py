@@ -111,17 +111,28 @@ def test_memory_worker_keeps_recent_operators_and_measures_each_one(memory_meter
     monkeypatch.setattr(memory_meter, "max_operators", 2)
     model = build_loop_unrolled(DnCNN(depth=3, width=4), steps=2)
     small, large = build_operator("blur", 16, kernel_size=5), build_operator("blur", 48, kernel_size=5)
-    memory_meter.prepare(large)
-    memory_meter.prepare(build_operator("ct", 16, num_angles=4))  # a third: the oldest is dropped
+    sent, send = [], memory_meter._send
+
+    def recording_send(op):  # was the operator itself sent with the message?
+        message = send(op)
+        sent.append(message[1] is not None)
+        return message
+
+    monkeypatch.setattr(memory_meter, "_send", recording_send)
 
     def saved(op):
         x = torch.rand(1, 1, op.image_shape[-1], op.image_shape[-1])
         return memory_meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"]
 
-    # each step runs on its own operator, whether sent now, kept from before, or sent again
-    first_small, first_large = saved(small), saved(large)
-    assert first_large > 4 * first_small
+    memory_meter.prepare(large)
+    first_large = saved(large)  # the prepared copy: not sent again
+    assert sent == [True, False]
+    first_small = saved(small)
+    assert first_large > 4 * first_small  # each step ran on its own operator
+    memory_meter.prepare(build_operator("ct", 16, num_angles=4))  # a third: `large` is dropped
+    sent.clear()
     assert (saved(small), saved(large)) == (first_small, first_large)
+    assert sent == [False, True]  # `small` was kept, `large` was sent again
     assert len(memory_meter._sent) == 2
 
 
@@ -151,6 +162,28 @@ def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
     methods = {r["method"] for r in report.rows if r.get("section") == "quality"}
     assert {"tikhonov", "tv", "red_denoising", "red_deq", "oder_w24"} <= methods
     assert (tmp_path / "idt.png").stat().st_size > 0
+
+
+def test_oder_bench_solves_the_full_batch_map_to_its_fixed_point():
+    from deqir.bench import oder
+    from deqir.methods.equilibrium import REDEquilibrium
+    from deqir.physics.registry import build_operator
+
+    op = build_operator("ct", 24, num_angles=12)
+    x = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    y = op.A(x)
+    smoother = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)  # a box filter: x - D(x) is monotone
+    with torch.no_grad():
+        smoother.weight.fill_(1 / 9)
+    model = REDEquilibrium(smoother, mode="deq", tau=0.1, step=1.0)
+    (out, seconds), info = oder._solve_to_fixed_point(model, op, y, oder._init(op, y, "fbp"))
+    assert out.shape == x.shape and seconds > 0
+    assert info["images"] == 2 and info["converged"] == 2  # a contraction: both reach the tolerance
+    assert info["max_rel_residual"] <= oder.FIXED_POINT_TOL
+    f = model.make_map(y, op)
+    with torch.no_grad():  # the returned images are fixed points of the map
+        residual = (f(out) - out).flatten(1).norm(dim=1) / f(out).flatten(1).norm(dim=1)
+    assert float(residual.max()) < 10 * oder.FIXED_POINT_TOL
 
 
 def test_paired_gap_is_the_mean_difference_and_its_standard_error():

@@ -200,6 +200,14 @@ def test_pickles_carry_the_geometry_not_the_matrix():
         assert torch.equal(twin.A(x), op.A(x))
         assert torch.equal(twin.A_adjoint(op.A(x)), op.A_adjoint(op.A(x)))
         assert [n for n, _ in twin.named_buffers()] == [n for n, _ in op.named_buffers()]
+    # buffer casts after construction: a copy is the same operator as the cast original
+    for cast in (
+        ParallelBeamCT(32, num_angles=7).double(),
+        ParallelBeamCT(32, num_angles=7, dtype=torch.float64).float(),
+    ):
+        twin = pickle.loads(pickle.dumps(cast))
+        assert twin._values.dtype == cast._values.dtype and torch.equal(twin._values, cast._values)
+        assert torch.equal(twin._indices, cast._indices)
 
 
 # --------------------------------------------------------------------------- FBP

@@ -382,6 +382,8 @@ def _worker_physics(key: int, physics: Any, keep: tuple[int, ...]) -> Any:
         del _WORKER_PHYSICS[k]
     if physics is not None:
         _WORKER_PHYSICS[key] = physics
+    if key not in _WORKER_PHYSICS:  # the worker was restarted, or an earlier send failed
+        raise RuntimeError("the memory worker lost its copy of the operator; measure it again")
     return _WORKER_PHYSICS[key]
 
 
@@ -454,6 +456,9 @@ class IsolatedMemory:
             self._sent.pop(next(iter(self._sent)))
         return key, physics if new else None, tuple(self._sent)
 
+    def _forget(self, physics: Any) -> None:
+        self._sent.pop(id(physics), None)
+
     def prepare(self, physics: Any) -> None:
         """Send ``physics`` to the worker now and build its kernels there, without waiting: a
         large operator (a CT system matrix) is then ready when :meth:`step` first needs it.
@@ -462,7 +467,23 @@ class IsolatedMemory:
             >>> with IsolatedMemory() as meter:  # doctest: +SKIP
             ...     meter.prepare(heavy_operator)  # built in the worker while this process works
         """
-        self._preparing.append(self._pool.apply_async(_prepare_in_worker, self._send(physics)))
+        try:
+            pending = self._pool.apply_async(_prepare_in_worker, self._send(physics))
+        except Exception:
+            self._forget(physics)
+            raise
+        self._preparing.append((physics, pending))
+
+    def wait(self) -> None:
+        """Wait for the operators :meth:`prepare` sent (before timing anything in this process,
+        so the worker's build does not compete with it); raises what their preparation raised."""
+        preparing, self._preparing = self._preparing, []
+        for physics, pending in preparing:
+            try:
+                pending.get(self.timeout_s)
+            except BaseException:
+                self._forget(physics)
+                raise
 
     def step(self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1) -> dict:
         """:func:`training_step_memory` in the worker.
@@ -475,23 +496,27 @@ class IsolatedMemory:
         """
         import multiprocessing
 
-        for pending in self._preparing:  # ahead in the worker's queue; raises what they raised
-            pending.get(self.timeout_s)
-        self._preparing.clear()
+        self.wait()  # the preparations are ahead in the worker's queue anyway
         clone, removed = _picklable(model)
         args = (*self._send(physics), (x, y, init, repeat))
-        pending = self._pool.apply_async(_measure_in_worker, (clone, removed, *args))
         try:
+            pending = self._pool.apply_async(_measure_in_worker, (clone, removed, *args))
             return pending.get(self.timeout_s)
         except multiprocessing.TimeoutError:
+            self._forget(physics)
             raise RuntimeError(
                 f"the memory worker gave no answer in {self.timeout_s:.0f} s; it may have been killed for "
                 "memory (check `dmesg`), or raise IsolatedMemory.timeout_s for a very slow step"
             ) from None
+        except BaseException:
+            self._forget(physics)  # whether the worker kept it is unknown: send it again next time
+            raise
 
     def __exit__(self, *exc) -> None:
         self._pool.terminate()
         self._pool.join()
+        self._sent.clear()  # let the operators go (a CT system matrix can take hundreds of MB)
+        self._preparing.clear()
 
 
 # ----------------------------------------------------------------------------- shipped models

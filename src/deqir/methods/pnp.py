@@ -16,8 +16,9 @@ With ``g(x) = ½‖Ax − y‖²``, ``L = ‖A‖²`` and a denoiser ``D`` (see
       x_k = argmin ½‖Ax − y‖² + 1/(2γ_k)‖x − z_{k−1}‖²,   z_k = D(x_k, σ_k)
 
   with ``σ_k`` falling geometrically from ``σ_start`` to ``σ`` over the iterations and
-  ``γ_k = γ (σ_k/σ)²`` (a strong denoiser and a loose data fit first, then a weak denoiser and a
-  tight fit); the reconstruction is ``z``;
+  ``γ_k = γ (σ_k/σ)²`` (DPIR's data weight ``∝ 1/σ_k²``: first a step that fits the data
+  closely followed by a strong denoiser, at the end a weak denoiser and a data step that stays
+  close to it); the reconstruction is ``z``;
 * :func:`red_gd`: RED gradient descent ``x⁺ = x − γ(∇g(x) + τ(x − D(x, σ)))`` with
   ``γ = 1/(L + τ)`` and Nesterov acceleration by default;
 * :func:`red_fp`: RED fixed-point iteration (Romano, Elad and Milanfar 2017): solve
@@ -230,7 +231,7 @@ def pnp_hqs(
 
     The map changes at every iteration (its ``σ_k`` and ``γ_k``), so this is a schedule of
     ``iterations`` steps run by the engine, not a search for a fixed point: with ``tol > 0`` the
-    engine may stop it before the schedule ends.
+    engine may stop it before the schedule ends (``params["sigma_reached"]`` says where).
 
     Args:
         op, y, denoiser, x0, iterations, tol, bounds: as in :func:`pnp_pgm`.
@@ -285,6 +286,7 @@ def pnp_hqs(
         "gamma": gamma,
         "data_step": data_step_mode,
         "sigma_schedule": sigmas,
+        "sigma_reached": sigmas[min(calls[0], count) - 1],
     }
     return _finish(sol.value, sol.stats, params, "pnp_hqs", t0)
 

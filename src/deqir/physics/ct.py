@@ -260,6 +260,8 @@ class ParallelBeamCT(LinearOperator):
 
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
         system = _system_matrix(n, det, angles_t.numpy(), np_dtype)
+        # what the matrix was built from, for copies (buffer casts such as .float() leave it)
+        self._geometry = (angles_t.numpy().copy(), np_dtype)
         self.nnz = system.nnz
         # angle-major CSR: rows a * num_detectors ... (a + 1) * num_detectors - 1 are angle a
         self.register_buffer("_indptr", torch.from_numpy(system.indptr), persistent=False)
@@ -272,7 +274,8 @@ class ParallelBeamCT(LinearOperator):
     # ------------------------------------------------------------------ helpers
     def __getstate__(self) -> dict[str, Any]:
         """Pickles and copies carry the geometry, not the system matrix (680 MB at 256² and 720
-        angles): :meth:`__setstate__` rebuilds it, from this process's cache when it has it.
+        angles): :meth:`__setstate__` rebuilds it from the angles and dtype it was built from
+        (from this process's cache when it has it), then casts it as the original was cast.
         Derived kernels are rebuilt lazily."""
         state = self.__dict__.copy()
         state["_kernels"] = {}
@@ -280,15 +283,15 @@ class ParallelBeamCT(LinearOperator):
         values = buffers.pop("_values")
         del buffers["_indptr"], buffers["_indices"]
         state["_buffers"] = buffers
-        state["_system_spec"] = (values.dtype, values.device)
+        state["_values_dtype"] = values.dtype
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        dtype, device = state.pop("_system_spec")
+        dtype = state.pop("_values_dtype")
         self.__dict__.update(state)
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        angles = self.angles.detach().to("cpu", torch.float64).numpy()
+        angles, np_dtype = self._geometry
         system = _system_matrix(self.image_size, self.num_detectors, angles, np_dtype)
+        device = self.angles.device  # where the copy's buffers are (torch.load may remap them)
         self._buffers["_indptr"] = torch.from_numpy(system.indptr).to(device)
         self._buffers["_indices"] = torch.from_numpy(system.indices).to(device)
         self._buffers["_values"] = torch.from_numpy(system.data).to(device=device, dtype=dtype)
