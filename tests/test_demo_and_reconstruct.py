@@ -132,6 +132,26 @@ def test_every_command_has_help(command):
     assert "Usage" in result.output
 
 
+def test_cli_bench_saves_the_report_with_its_wall_time(tmp_path, monkeypatch):
+    import json
+    import time
+    import types
+
+    import deqir.bench
+    from deqir.bench.common import BenchReport
+
+    def run(quick=False):
+        time.sleep(0.2)
+        return BenchReport("fake", config={"quick": quick}, summary={"answer": 42})
+
+    monkeypatch.setattr(deqir.bench, "load_bench", lambda name: types.SimpleNamespace(run=run))
+    result = CliRunner().invoke(app, ["bench", "fake", "--quick", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["summary"]["answer"] == 42 and saved["config"]["quick"] is True
+    assert saved["machine"]["wall_seconds"] >= 0.2
+
+
 def test_cli_data_builds_a_cached_split(tmp_path):
     result = CliRunner().invoke(
         app, ["data", "--size", "32", "--cache-dir", str(tmp_path), "--source", "ct_phantoms"]

@@ -33,10 +33,15 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Reduced version (under a minute)."),
     json_path: Path = typer.Option(None, "--json", help="Where to save the JSON report."),
 ) -> None:
-    """Run a benchmark, print its table and optionally save the JSON report."""
+    """Run a benchmark, print its table and optionally save the JSON report (with the run's
+    wall time in ``machine.wall_seconds``)."""
+    import time
+
     from deqir.bench import load_bench
 
+    start = time.perf_counter()
     report = load_bench(name).run(quick=quick)
+    report.machine["wall_seconds"] = round(time.perf_counter() - start, 1)
     typer.echo(report.table())
     if json_path is not None:
         typer.echo(f"saved {report.save(json_path)}")
