@@ -193,3 +193,85 @@ def test_oder_bench_tests_each_model_with_the_iterations_it_was_trained_with(mon
     assert oder._trained_iterations("plain") == oder.DEFAULT_ITERATIONS  # no max_iter in the config
     assert oder._trained_iterations("absent") == oder.DEFAULT_ITERATIONS
     assert oder._trained_iterations(None) == oder.DEFAULT_ITERATIONS
+
+
+# ----------------------------------------------------------------------------- SAGA estimator
+@pytest.mark.parametrize("name", ["ct", "mri_multi", "idt"])
+def test_saga_estimate_is_exactly_unbiased_for_any_table(name):
+    """Over every minibatch of 2 of 4 blocks, the SAGA estimate averages to the full gradient,
+    whatever residuals its table holds (here: those of two earlier, different points)."""
+    import itertools
+
+    from deqir.physics.sampling import SagaGradient
+
+    options = {"ct": {"num_angles": 4}, "mri_multi": {"num_coils": 4}, "idt": {}}[name]
+    op = build_operator(name, image_size=12, **options).double()
+    if op.num_blocks != 4:
+        op = op.select([0, 1, 2, 3])
+    gen = torch.Generator().manual_seed(1)
+    image = lambda: torch.rand(1, *op.image_shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, y = image(), op.A(image())
+    saga = SagaGradient(op, y)
+    saga(image(), [0, 2])
+    saga(image(), [1, 2])
+    assert float(saga.table.abs().amax()) > 0 and float(saga.table.select(op.block_dim, 3).abs().amax()) == 0
+    subsets = list(itertools.combinations(range(4), 2))
+    mean = sum(saga(x, list(s), update=False) for s in subsets) / len(subsets)
+    torch.testing.assert_close(mean, op.data_grad(x, y), rtol=1e-10, atol=1e-12)
+    single = saga(x, [0, 1], update=False)
+    assert float((single - op.data_grad(x, y)).abs().amax()) > 1e-6  # one draw is still noisy
+
+
+def test_saga_oder_reaches_the_full_batch_fixed_point_at_the_same_operator_cost(ct, batch):
+    """Plain ODER stalls at a noise floor around RED(DEQ)'s fixed point; ODER with the SAGA
+    estimate converges to it, with exactly the same number of block applications."""
+    _, y, x0 = batch
+    smoother = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    torch.nn.init.constant_(smoother.weight, 1 / 9)
+    common = dict(step=1.0, tau=0.5, learn_parameters=False)
+    full = REDEquilibrium(smoother, mode="deq", solver="anderson", tol=1e-7, max_iter=500, **common)
+    plain = REDEquilibrium(smoother, mode="oder", minibatch=10, solver="plain", max_iter=400, **common)
+    saga = REDEquilibrium(
+        smoother, mode="oder", minibatch=10, estimator="saga", solver="plain", max_iter=400, **common
+    )
+    with torch.no_grad():
+        want = full(y, ct, init=x0)
+        errors = {m.estimator: float((m(y, ct, init=x0) - want).norm() / want.norm()) for m in (plain, saga)}
+    assert bool(full.last_stats.converged.all())
+    assert saga.block_applications == plain.block_applications
+    assert errors["saga"] < errors["minibatch"] / 10, errors
+    assert errors["saga"] < 1e-4, errors
+
+
+def test_saga_keeps_a_frozen_map_fixed_and_is_differentiable(ct, batch):
+    from deqir.solvers import StochasticMap
+
+    _, y, x0 = batch
+    model = REDEquilibrium(_net(), mode="oder", minibatch=10, estimator="saga", max_iter=5, adjoint="phantom")
+    f = model.make_map(y, ct)
+    assert isinstance(f, StochasticMap)
+    with torch.no_grad():
+        f(x0)
+        with f.freeze():
+            first, second = f(x0), f(x0)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    model(y, ct, init=x0).square().mean().backward()
+    grads = [p.grad for p in model.network.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().amax()) > 0 for g in grads)
+
+
+def test_saga_errors_name_what_to_change(batch):
+    from deqir.physics.sampling import SagaGradient
+
+    with pytest.raises(InvalidValueError, match="estimator.*saga|minibatch"):
+        REDEquilibrium(_net(), mode="oder", minibatch=2, estimator="svrg")
+    single = build_operator("mri_single", image_size=16)
+    y = single.A(torch.rand(1, 1, 16, 16))
+    with pytest.raises(InvalidValueError, match="no block axis.*estimator='minibatch'"):
+        SagaGradient(single, y)
+
+
+def test_saga_refuses_steps_at_which_it_diverges():
+    with pytest.raises(InvalidValueError, match="step <= 1"):
+        REDEquilibrium(_net(), mode="oder", minibatch=2, estimator="saga", step=1.5)

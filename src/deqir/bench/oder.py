@@ -25,7 +25,12 @@ TV and RED(Denoising), so it is not a second test set). ``red_deq_fixed_point`` 
 map to its fixed point (Anderson, relative residual :data:`FIXED_POINT_TOL`), and
 ``{ct,mri}_fixed_point_minus_trained_iterations_db`` says what that fixed point scores against
 the iterations the model was trained with: negative means the trained model is a network of its
-iterations more than an equilibrium model.
+iterations more than an equilibrium model. ``red_deq_anderson`` is RED(DEQ) trained with
+Anderson to a relative residual of 1e-4 in every step (``configs/oder_*_red_deq_anderson.yaml``)
+and tested with that solver; ``red_deq_anderson_fixed_point`` solves the same map on to
+:data:`FIXED_POINT_TOL` (full run only). ``{ct,mri}_snr_gap_anderson_db`` compare it with ODER,
+``{ct,mri}_anderson_minus_red_deq_db`` with the fixed-count RED(DEQ), and
+``{ct,mri}_anderson_fixed_point_minus_trained_tolerance_db`` say whether it is an equilibrium model.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -65,12 +70,13 @@ from deqir.bench.common import (
 CT_RUNS = (
     "oder_ct_prior",
     "oder_ct_red_deq",
+    "oder_ct_red_deq_anderson",
     "oder_ct_w30",
     "oder_ct_w10",
     "oder_ct_unfold",
     "oder_ct_unet_post",
 )
-MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_w4", "oder_mri_w2")
+MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_red_deq_anderson", "oder_mri_w4", "oder_mri_w2")
 TEST_ITERATIONS: int | None = None  # Nesterov iterations at test (None: as trained; paper: 180)
 TRAIN_ITERATIONS: int | None = None  # forward iterations of a costed training step (None: as trained)
 DEFAULT_ITERATIONS = 40  # when a model's config names no max_iter
@@ -280,9 +286,20 @@ def _quality(
     if not quick:
         red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, long_iterations)
     models = {v: load_shipped(names[v]) for v in variants}
+    # RED(DEQ) trained with Anderson to a tolerance in every step (its config's solver), tested
+    # with that solver and at its fixed point; the full run only (not within --quick's minute)
+    anderson, anderson_solver = None, None
+    if (
+        not quick
+        and "red_deq_anderson" in names
+        and (WEIGHTS_DIR / f"{names['red_deq_anderson']}.safetensors").is_file()
+    ):
+        anderson = names["red_deq_anderson"]
     shipped = {
         "red_deq": names.get("red_deq"),
         "red_deq_fixed_point": names.get("red_deq"),
+        "red_deq_anderson": names.get("red_deq_anderson"),
+        "red_deq_anderson_fixed_point": names.get("red_deq_anderson"),
         "red_unfold": names.get("unfold"),
         "unet_post": names.get("unet_post"),
         **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
@@ -324,6 +341,13 @@ def _quality(
                     y,
                     x0,
                 )
+        if anderson is not None:
+            as_trained = load_shipped(anderson)
+            anderson_solver = {"solver": "anderson", "tol": as_trained.tol, "max_iter": as_trained.max_iter}
+            recs["red_deq_anderson"] = _reconstruct(as_trained, op, y, x0)  # its training solver
+            recs["red_deq_anderson_fixed_point"], fixed_point[("anderson", set_name)] = _solve_to_fixed_point(
+                load_shipped(anderson), op, y, x0
+            )
         for extra in ("unfold", "unet_post"):
             if extra in names and (WEIGHTS_DIR / f"{names[extra]}.safetensors").is_file():
                 model = load_shipped(names[extra])
@@ -354,6 +378,8 @@ def _quality(
                     long_name: {"tau": tau_long, "iterations": long_iterations},
                     "red_denoising": {"tau": tau, "iterations": iterations},
                     "red_deq_fixed_point": fixed_point.get(set_name),
+                    "red_deq_anderson_fixed_point": fixed_point.get(("anderson", set_name)),
+                    "red_deq_anderson": anderson_solver,
                 }.get(method),
                 train_steps=train_steps.get(method),
             )
@@ -605,6 +631,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     ct_names = {
         "prior": "oder_ct_prior",
         "red_deq": "oder_ct_red_deq",
+        "red_deq_anderson": "oder_ct_red_deq_anderson",
         "w30": "oder_ct_w30",
         "w10": "oder_ct_w10",
         "unfold": "oder_ct_unfold",
@@ -666,6 +693,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     mri_names = {
         "prior": "oder_mri_prior",
         "red_deq": "oder_mri_red_deq",
+        "red_deq_anderson": "oder_mri_red_deq_anderson",
         "w4": "oder_mri_w4",
         "w2": "oder_mri_w2",
     }
@@ -745,6 +773,23 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             s[f"{task}_fixed_point_minus_trained_iterations_db"] = (
                 q["test"]["red_deq_fixed_point"] - q["test"]["red_deq"]
             )
+    for task, q in (("ct", ct_q), ("mri", mri_q)):  # RED(DEQ) trained with Anderson to a tolerance
+        if "red_deq_anderson" in q["test"]:
+            w = "oder_w30" if task == "ct" else "oder_w4"
+            t = q["test"]
+            s[f"{task}_snr_red_deq_anderson"] = t["red_deq_anderson"]
+            s[f"{task}_anderson_minus_red_deq_db"] = t["red_deq_anderson"] - t["red_deq"]
+            s[f"{task}_snr_gap_anderson_db"] = t["red_deq_anderson"] - t[w]
+            s[f"{task}_snr_gap_anderson_se_db"] = paired_gap(
+                per_image[task]["test"]["red_deq_anderson"], per_image[task]["test"][w]
+            )[1]
+            s[f"{task}_anderson_fixed_point_minus_trained_tolerance_db"] = (
+                t["red_deq_anderson_fixed_point"] - t["red_deq_anderson"]
+            )
+            if "val" in q:
+                s[f"{task}_val_snr_gap_anderson_db"] = q["val"]["red_deq_anderson"] - q["val"][w]
+    if "red_deq_anderson" in ct_q.get("real_ct", {}):
+        s["real_ct_snr_gap_anderson_db"] = ct_q["real_ct"]["red_deq_anderson"] - ct_q["real_ct"]["oder_w30"]
     for task, q in (("ct", ct_q), ("mri", mri_q)):  # the same gap on the whole validation split
         if "val" in q:
             w = "oder_w30" if task == "ct" else "oder_w4"

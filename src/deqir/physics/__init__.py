@@ -20,6 +20,7 @@ _EXPORTS = {
     "SelectedBlocks": "base",
     "ComposedOperator": "base",
     "BlockSampler": "sampling",
+    "SagaGradient": "sampling",
     "GaussianNoise": "noise",
     "Blur": "blur",
     "SuperResolution": "blur",
