@@ -174,6 +174,11 @@ def _solve_to_fixed_point(model, op, y, x0) -> tuple[tuple[torch.Tensor, float],
     :data:`FIXED_POINT_MAX_ITER` iterations), one image at a time; returns the reconstruction,
     seconds per image and how the solves ended."""
     _configure(model, mode="deq", solver="anderson", iterations=FIXED_POINT_MAX_ITER, tol=FIXED_POINT_TOL)
+    return _solve_recording_stops(model, op, y, x0)
+
+
+def _solve_recording_stops(model, op, y, x0) -> tuple[tuple[torch.Tensor, float], dict]:
+    """Run ``model``'s own full-batch Anderson solve one image at a time, recording how each ended."""
     outs, stats, t0 = [], [], time.perf_counter()
     with torch.no_grad():
         for i in range(y.shape[0]):
@@ -181,9 +186,9 @@ def _solve_to_fixed_point(model, op, y, x0) -> tuple[tuple[torch.Tensor, float],
             stats.append(model.last_stats)
     seconds = (time.perf_counter() - t0) / y.shape[0]
     info = {
-        "solver": "anderson",
-        "tol": FIXED_POINT_TOL,
-        "max_iter": FIXED_POINT_MAX_ITER,
+        "solver": model.solver_name,
+        "tol": model.tol,
+        "max_iter": model.max_iter,
         "converged": sum(int(s.converged.all()) for s in stats),
         "images": len(stats),
         "median_iterations": float(torch.cat([s.iterations for s in stats]).float().median()),
@@ -288,7 +293,7 @@ def _quality(
     models = {v: load_shipped(names[v]) for v in variants}
     # RED(DEQ) trained with Anderson to a tolerance in every step (its config's solver), tested
     # with that solver and at its fixed point; the full run only (not within --quick's minute)
-    anderson, anderson_solver = None, None
+    anderson = None
     if (
         not quick
         and "red_deq_anderson" in names
@@ -342,9 +347,10 @@ def _quality(
                     x0,
                 )
         if anderson is not None:
-            as_trained = load_shipped(anderson)
-            anderson_solver = {"solver": "anderson", "tol": as_trained.tol, "max_iter": as_trained.max_iter}
-            recs["red_deq_anderson"] = _reconstruct(as_trained, op, y, x0)  # its training solver
+            # with its training solver (the model's config), then on to the fixed point
+            recs["red_deq_anderson"], fixed_point[("anderson_as_trained", set_name)] = _solve_recording_stops(
+                load_shipped(anderson), op, y, x0
+            )
             recs["red_deq_anderson_fixed_point"], fixed_point[("anderson", set_name)] = _solve_to_fixed_point(
                 load_shipped(anderson), op, y, x0
             )
@@ -379,7 +385,7 @@ def _quality(
                     "red_denoising": {"tau": tau, "iterations": iterations},
                     "red_deq_fixed_point": fixed_point.get(set_name),
                     "red_deq_anderson_fixed_point": fixed_point.get(("anderson", set_name)),
-                    "red_deq_anderson": anderson_solver,
+                    "red_deq_anderson": fixed_point.get(("anderson_as_trained", set_name)),
                 }.get(method),
                 train_steps=train_steps.get(method),
             )

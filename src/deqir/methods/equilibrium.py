@@ -136,12 +136,13 @@ class REDEquilibrium(nn.Module):
             )
         if not (step > 0 and tau >= 0):
             raise InvalidValueError(f"step must be > 0 and tau >= 0; got step={step}, tau={tau}")
-        if estimator == "saga" and step > SAGA_MAX_STEP:
+        if estimator == "saga" and mode != "oder":
             raise InvalidValueError(
-                f"the SAGA estimator's table holds residuals of earlier iterates, which act like delayed "
-                f"gradients: steps above {SAGA_MAX_STEP} diverge; got step={step}: "
-                f"use step <= {SAGA_MAX_STEP} (or estimator='minibatch')"
+                f"estimator='saga' is ODER's minibatch gradient estimate; mode={mode!r} uses every block "
+                f"at every iteration: use mode='oder' or leave estimator='minibatch'"
             )
+        if estimator == "saga":
+            _check_saga_step(float(step))
         if minibatch is not None and int(minibatch) < 1:
             raise InvalidValueError(f"minibatch must be a positive number of blocks; got {minibatch}")
         self.network = network
@@ -217,6 +218,7 @@ class REDEquilibrium(nn.Module):
         if sampler is not None and self.estimator == "saga":
             from deqir.physics.sampling import SagaGradient
 
+            _check_saga_step(float(step.detach()))  # a learned step may have grown past the limit
             saga = SagaGradient(physics, y)
 
         def T(x: torch.Tensor) -> torch.Tensor:
@@ -312,6 +314,15 @@ class REDEquilibrium(nn.Module):
             f"mode={self.mode}, solver={self.solver_name}, adjoint={self.adjoint_name}, minibatch={w}, "
             f"estimator={self.estimator}, "
             f"max_iter={self.max_iter}, step={float(self.step):.3g}, tau={float(self.tau):.3g}"
+        )
+
+
+def _check_saga_step(step: float) -> None:
+    if step > SAGA_MAX_STEP:
+        raise InvalidValueError(
+            f"the SAGA estimator's table holds residuals of earlier iterates, which act like delayed "
+            f"gradients: steps above {SAGA_MAX_STEP} diverge; the step is {step:.4g}: "
+            f"use step <= {SAGA_MAX_STEP} (or estimator='minibatch')"
         )
 
 

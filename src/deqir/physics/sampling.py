@@ -126,7 +126,8 @@ class SagaGradient:
 
     Args:
         physics: a block operator whose blocks are an axis of the measurement (``block_dim``).
-        y: the full measurements ``(batch, *physics.measurement_shape())``.
+        y: the full measurements ``(batch, *physics.measurement_shape())``; they are data here
+            (detached: no gradient flows to ``y``).
 
     Example:
         >>> import torch
@@ -170,6 +171,8 @@ class SagaGradient:
         estimate = change * op.minibatch_scale(b) + known
         if update:
             with torch.no_grad():
-                self.table.index_copy_(op.block_dim, b.to(self.table.device), residual.detach())
+                self.table.index_copy_(
+                    op.block_dim, b.to(self.table.device), residual.detach().to(self.table.dtype)
+                )
                 self.table_gradient = known + change.detach()
         return estimate
