@@ -72,7 +72,7 @@ clean:
 # src/deqir/weights/, then benchmark (about 5 hours on two CPU cores).
 ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
             oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post \
-            oder_ct_red_deq_anderson oder_mri_red_deq_anderson
+            oder_ct_red_deq_anderson oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5
 .PHONY: oder
 oder: $(STAMP)
 	for c in $(ODER_RUNS); do \

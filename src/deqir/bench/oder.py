@@ -31,6 +31,7 @@ and tested with that solver; ``red_deq_anderson_fixed_point`` solves the same ma
 :data:`FIXED_POINT_TOL` (full run only). ``{ct,mri}_snr_gap_anderson_db`` compare it with ODER,
 ``{ct,mri}_anderson_minus_red_deq_db`` with the fixed-count RED(DEQ), and
 ``{ct,mri}_anderson_fixed_point_minus_trained_tolerance_db`` say whether it is an equilibrium model.
+On MRI, ``red_deq_anderson_1e5`` is the same trained to 1e-5 (``mri_*anderson_1e5*`` keys).
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -76,7 +77,14 @@ CT_RUNS = (
     "oder_ct_unfold",
     "oder_ct_unet_post",
 )
-MRI_RUNS = ("oder_mri_prior", "oder_mri_red_deq", "oder_mri_red_deq_anderson", "oder_mri_w4", "oder_mri_w2")
+MRI_RUNS = (
+    "oder_mri_prior",
+    "oder_mri_red_deq",
+    "oder_mri_red_deq_anderson",
+    "oder_mri_red_deq_anderson_1e5",
+    "oder_mri_w4",
+    "oder_mri_w2",
+)
 TEST_ITERATIONS: int | None = None  # Nesterov iterations at test (None: as trained; paper: 180)
 TRAIN_ITERATIONS: int | None = None  # forward iterations of a costed training step (None: as trained)
 DEFAULT_ITERATIONS = 40  # when a model's config names no max_iter
@@ -293,18 +301,19 @@ def _quality(
     models = {v: load_shipped(names[v]) for v in variants}
     # RED(DEQ) trained with Anderson to a tolerance in every step (its config's solver), tested
     # with that solver and at its fixed point; the full run only (not within --quick's minute)
-    anderson = None
-    if (
-        not quick
-        and "red_deq_anderson" in names
-        and (WEIGHTS_DIR / f"{names['red_deq_anderson']}.safetensors").is_file()
-    ):
-        anderson = names["red_deq_anderson"]
+    # (row name -> shipped weights: red_deq_anderson, trained to 1e-4, and red_deq_anderson_1e5)
+    anderson = {
+        key: name
+        for key, name in names.items()
+        if key.startswith("red_deq_anderson")
+        and not quick
+        and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
+    }
     shipped = {
         "red_deq": names.get("red_deq"),
         "red_deq_fixed_point": names.get("red_deq"),
-        "red_deq_anderson": names.get("red_deq_anderson"),
-        "red_deq_anderson_fixed_point": names.get("red_deq_anderson"),
+        **{key: name for key, name in anderson.items()},
+        **{f"{key}_fixed_point": name for key, name in anderson.items()},
         "red_unfold": names.get("unfold"),
         "unet_post": names.get("unet_post"),
         **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
@@ -346,13 +355,11 @@ def _quality(
                     y,
                     x0,
                 )
-        if anderson is not None:
+        for key, name in anderson.items():
             # with its training solver (the model's config), then on to the fixed point
-            recs["red_deq_anderson"], fixed_point[("anderson_as_trained", set_name)] = _solve_recording_stops(
-                load_shipped(anderson), op, y, x0
-            )
-            recs["red_deq_anderson_fixed_point"], fixed_point[("anderson", set_name)] = _solve_to_fixed_point(
-                load_shipped(anderson), op, y, x0
+            recs[key], fixed_point[(key, set_name)] = _solve_recording_stops(load_shipped(name), op, y, x0)
+            recs[f"{key}_fixed_point"], fixed_point[(f"{key}_fixed_point", set_name)] = _solve_to_fixed_point(
+                load_shipped(name), op, y, x0
             )
         for extra in ("unfold", "unet_post"):
             if extra in names and (WEIGHTS_DIR / f"{names[extra]}.safetensors").is_file():
@@ -380,12 +387,11 @@ def _quality(
                 ssim=s["ssim"],
                 seconds_per_image=seconds,
                 params={
+                    **{k[0]: v for k, v in fixed_point.items() if isinstance(k, tuple) and k[1] == set_name},
                     "tv": tv.best,
                     long_name: {"tau": tau_long, "iterations": long_iterations},
                     "red_denoising": {"tau": tau, "iterations": iterations},
                     "red_deq_fixed_point": fixed_point.get(set_name),
-                    "red_deq_anderson_fixed_point": fixed_point.get(("anderson", set_name)),
-                    "red_deq_anderson": fixed_point.get(("anderson_as_trained", set_name)),
                 }.get(method),
                 train_steps=train_steps.get(method),
             )
@@ -700,6 +706,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         "prior": "oder_mri_prior",
         "red_deq": "oder_mri_red_deq",
         "red_deq_anderson": "oder_mri_red_deq_anderson",
+        "red_deq_anderson_1e5": "oder_mri_red_deq_anderson_1e5",
         "w4": "oder_mri_w4",
         "w2": "oder_mri_w2",
     }
@@ -794,6 +801,17 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             )
             if "val" in q:
                 s[f"{task}_val_snr_gap_anderson_db"] = q["val"]["red_deq_anderson"] - q["val"][w]
+    if "red_deq_anderson_1e5" in mri_q["test"]:  # MRI RED(DEQ) trained with Anderson to 1e-5
+        t = mri_q["test"]
+        s["mri_snr_red_deq_anderson_1e5"] = t["red_deq_anderson_1e5"]
+        s["mri_anderson_1e5_fixed_point_minus_trained_tolerance_db"] = (
+            t["red_deq_anderson_1e5_fixed_point"] - t["red_deq_anderson_1e5"]
+        )
+        s["mri_snr_gap_anderson_1e5_db"] = t["red_deq_anderson_1e5"] - t["oder_w4"]
+        s["mri_anderson_1e5_minus_tv_db"] = t["red_deq_anderson_1e5"] - t["tv"]
+        s["mri_anderson_1e5_minus_tv_se_db"] = paired_gap(
+            per_image["mri"]["test"]["red_deq_anderson_1e5"], per_image["mri"]["test"]["tv"]
+        )[1]
     if "red_deq_anderson" in ct_q.get("real_ct", {}):
         s["real_ct_snr_gap_anderson_db"] = ct_q["real_ct"]["red_deq_anderson"] - ct_q["real_ct"]["oder_w30"]
     for task, q in (("ct", ct_q), ("mri", mri_q)):  # the same gap on the whole validation split
