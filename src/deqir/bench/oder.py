@@ -309,10 +309,12 @@ def _quality(
         and not quick
         and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
     }
+    # two copies each: one keeps its training solver, the other is reconfigured for the fixed point
+    anderson_models = {key: (load_shipped(name), load_shipped(name)) for key, name in anderson.items()}
     shipped = {
         "red_deq": names.get("red_deq"),
         "red_deq_fixed_point": names.get("red_deq"),
-        **{key: name for key, name in anderson.items()},
+        **anderson,
         **{f"{key}_fixed_point": name for key, name in anderson.items()},
         "red_unfold": names.get("unfold"),
         "unet_post": names.get("unet_post"),
@@ -320,7 +322,7 @@ def _quality(
     }
     train_steps = {method: _train_steps(name) for method, name in shipped.items()}
     results: dict[str, dict[str, float]] = {}
-    fixed_point: dict[str, dict] = {}
+    solves: dict[tuple[str, str], dict] = {}  # (method, test set) -> how its Anderson solves ended
     for set_name, x in test_sets.items():
         if x.shape[0] == 0:
             continue
@@ -345,7 +347,9 @@ def _quality(
                     x0,
                 )
                 if not quick:
-                    recs["red_deq_fixed_point"], fixed_point[set_name] = _solve_to_fixed_point(m, op, y, x0)
+                    recs["red_deq_fixed_point"], solves[("red_deq_fixed_point", set_name)] = (
+                        _solve_to_fixed_point(m, op, y, x0)
+                    )
             else:
                 recs[f"oder_w{w}"] = _reconstruct(
                     _configure(
@@ -355,11 +359,11 @@ def _quality(
                     y,
                     x0,
                 )
-        for key, name in anderson.items():
+        for key, (as_trained, to_fixed_point) in anderson_models.items():
             # with its training solver (the model's config), then on to the fixed point
-            recs[key], fixed_point[(key, set_name)] = _solve_recording_stops(load_shipped(name), op, y, x0)
-            recs[f"{key}_fixed_point"], fixed_point[(f"{key}_fixed_point", set_name)] = _solve_to_fixed_point(
-                load_shipped(name), op, y, x0
+            recs[key], solves[(key, set_name)] = _solve_recording_stops(as_trained, op, y, x0)
+            recs[f"{key}_fixed_point"], solves[(f"{key}_fixed_point", set_name)] = _solve_to_fixed_point(
+                to_fixed_point, op, y, x0
             )
         for extra in ("unfold", "unet_post"):
             if extra in names and (WEIGHTS_DIR / f"{names[extra]}.safetensors").is_file():
@@ -386,12 +390,11 @@ def _quality(
                 psnr=s["psnr"],
                 ssim=s["ssim"],
                 seconds_per_image=seconds,
-                params={
-                    **{k[0]: v for k, v in fixed_point.items() if isinstance(k, tuple) and k[1] == set_name},
+                params=solves.get((method, set_name))
+                or {
                     "tv": tv.best,
                     long_name: {"tau": tau_long, "iterations": long_iterations},
                     "red_denoising": {"tau": tau, "iterations": iterations},
-                    "red_deq_fixed_point": fixed_point.get(set_name),
                 }.get(method),
                 train_steps=train_steps.get(method),
             )
@@ -786,10 +789,10 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             s[f"{task}_fixed_point_minus_trained_iterations_db"] = (
                 q["test"]["red_deq_fixed_point"] - q["test"]["red_deq"]
             )
+    headline = {"ct": "oder_w30", "mri": "oder_w4"}  # ODER at w = b/3 (CT) and b/2 (MRI)
     for task, q in (("ct", ct_q), ("mri", mri_q)):  # RED(DEQ) trained with Anderson to a tolerance
         if "red_deq_anderson" in q["test"]:
-            w = "oder_w30" if task == "ct" else "oder_w4"
-            t = q["test"]
+            w, t = headline[task], q["test"]
             s[f"{task}_snr_red_deq_anderson"] = t["red_deq_anderson"]
             s[f"{task}_anderson_minus_red_deq_db"] = t["red_deq_anderson"] - t["red_deq"]
             s[f"{task}_snr_gap_anderson_db"] = t["red_deq_anderson"] - t[w]
@@ -816,7 +819,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         s["real_ct_snr_gap_anderson_db"] = ct_q["real_ct"]["red_deq_anderson"] - ct_q["real_ct"]["oder_w30"]
     for task, q in (("ct", ct_q), ("mri", mri_q)):  # the same gap on the whole validation split
         if "val" in q:
-            w = "oder_w30" if task == "ct" else "oder_w4"
+            w = headline[task]
             s[f"{task}_val_snr_gap_db"] = q["val"]["red_deq"] - q["val"][w]
             s[f"{task}_val_snr_gap_se_db"] = paired_gap(
                 per_image[task]["val"]["red_deq"], per_image[task]["val"][w]
