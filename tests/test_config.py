@@ -97,6 +97,15 @@ def test_yaml_scientific_strings_and_int_floats_are_numbers():
         ({"physics": {"noise_snr_db": 30}}, "reconstruction only"),
         ({"physics": {"noise_sigma": 0.1}, "data": {"patch_size": 80, "image_size": 64}}, "larger than"),
         ({"physics": {"operator": "ct", "noise_sigma": 0.1}, "data": {"patch_size": 32}}, "must be null"),
+        ({"physics": {"noise_sigma": 0.1}, "data": {"extra_train_sizes": [32]}}, r"needs data.patch_size"),
+        (
+            {"physics": {"noise_sigma": 0.1}, "data": {"patch_size": 48, "extra_train_sizes": [32]}},
+            r"extra_train_sizes\[0\] \(32\) needs",
+        ),
+        (
+            {"physics": {"noise_sigma": 0.1}, "data": {"extra_train_sizes": [0]}},
+            r"extra_train_sizes\[0\]: must be > 0",
+        ),
         ({"physics": {"noise_sigma": 0.1}, "train": {"steps": 0}}, r"train.steps: must be > 0"),
         ({"physics": {"noise_sigma": 0.1}, "train": {"gamma": 2}}, r"train.gamma: must lie in"),
     ],

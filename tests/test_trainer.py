@@ -400,6 +400,29 @@ def test_deqir_data_sources_plug_in():
     assert banks["train"].images[0].shape == (1, 16, 16)
 
 
+def test_extra_train_sizes_add_the_same_training_images_at_other_sizes():
+    pytest.importorskip("deqir.data")
+    opts = {"count": 6, "use_cache": False, "splits": [4, 1, 1]}
+    plain = load_source("ct_phantoms", 32, 0, 0, 0, seed=0, options=opts)
+    multi = load_source("ct_phantoms", 32, 0, 0, 0, seed=0, options=opts, extra_train_sizes=[16])
+    train = multi["train"].images
+    assert [tuple(im.shape) for im in train] == [(1, 32, 32)] * 4 + [(1, 16, 16)] * 4
+    # the first copies are the plain training split; validation and test are untouched
+    for a, b in zip(train[:4], plain["train"].images, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(multi["val"].images[0], plain["val"].images[0])
+    # the 16-pixel copies are the same phantoms, not other ones: each is closest to its own
+    small = torch.stack(
+        [torch.nn.functional.interpolate(im[None], size=16, mode="area")[0] for im in train[:4]]
+    )
+    dist = (small[:, None] - torch.stack(train[4:])[None]).abs().mean(dim=(2, 3, 4))
+    assert torch.equal(dist.argmin(dim=1), torch.arange(4))
+    # crops of one size come from both scales (a 16-pixel crop of a 16-pixel image is all of it)
+    crops = multi["train"].training_batch(seed=0, step=0, indices=range(64), size=16)
+    whole = [any(torch.equal(c, im) for im in train[4:]) for c in crops]
+    assert 0 < sum(whole) < 64
+
+
 # ----------------------------------------------------------------------------- reports and CLI
 def test_evaluate_run_writes_metrics_and_figures(tmp_path):
     run = train_from_config(tiny(tmp_path, train__steps=20), device="cpu")

@@ -4,7 +4,7 @@ A configuration has seven sections; every key is optional and has a documented d
 
     experiment: {name, seed, output_dir}
     data:       {source, image_size, patch_size, num_train, num_val, num_test, batch_size,
-                 augment, options}
+                 augment, extra_train_sizes, options}
     physics:    {operator, options, noise_sigma, noise_sigma_range, noise_snr_db}
     model:      {name, options, weights}
     method:     {name, options, init, input}
@@ -77,6 +77,10 @@ class DataConfig:
             caps the validation crops.
         batch_size: global batch (split over the processes of a distributed run).
         augment: random flips and 90-degree rotations of training crops.
+        extra_train_sizes: more sides the *training* images are also made at (multi-scale
+            training: crops are drawn from every size, so a denoiser that will be called at 128²
+            also learns that density of detail); each at least ``patch_size``, which must be set.
+            Validation and test images stay at ``image_size``.
         options: extra keyword arguments for the source.
     """
 
@@ -88,6 +92,7 @@ class DataConfig:
     num_test: int = 8
     batch_size: int = 8
     augment: bool = True
+    extra_train_sizes: list[int] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -525,6 +530,13 @@ def _check_consistency(cfg: Config) -> None:
             f"config data.patch_size ({d.patch_size}) is larger than data.image_size "
             f"({d.image_size}); lower it or set it to null for whole images"
         )
+    for i, size in enumerate(d.extra_train_sizes):
+        _positive(size, f"data.extra_train_sizes[{i}]")
+        if d.patch_size is None or size < d.patch_size:
+            raise ConfigError(
+                f"config data.extra_train_sizes[{i}] ({size}) needs data.patch_size set and at most "
+                f"{size} (crops of one size from images of several); got patch_size {d.patch_size}"
+            )
     levels = [
         k
         for k, v in [

@@ -100,11 +100,34 @@ def load_source(
     num_test: int,
     seed: int,
     options: dict[str, Any] | None = None,
+    extra_train_sizes: Sequence[int] = (),
 ) -> dict[str, ImageBank]:
-    """Load the splits of source ``name`` as :class:`ImageBank` objects (checked)."""
+    """Load the splits of source ``name`` as :class:`ImageBank` objects (checked).
+
+    ``extra_train_sizes``: the training split is also made at these sizes (same images, same
+    seed) and the training bank holds every version (multi-scale training crops).
+
+    Example:
+        >>> banks = load_source("synthetic", 32, 2, 1, 1, seed=0, extra_train_sizes=[16])
+        >>> len(banks["train"]), len(banks["val"])
+        (4, 1)
+    """
+    counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
+    splits = _source_splits(name, image_size, counts, seed, dict(options or {}))
+    train = list(splits["train"])
+    for size in extra_train_sizes:
+        train += list(_source_splits(name, int(size), counts, seed, dict(options or {}))["train"])
+    splits = {s: train if s == "train" else splits[s] for s in SPLITS}
+    min_size = {s: image_size for s in SPLITS}
+    if extra_train_sizes:
+        min_size["train"] = min(image_size, *map(int, extra_train_sizes))
+    return {s: ImageBank(splits[s], name=f"{name}/{s}", min_size=min_size[s]) for s in SPLITS}
+
+
+def _source_splits(name: str, image_size: int, counts: dict[str, int], seed: int, options: dict) -> dict:
+    """The raw ``{split: images}`` mapping of a source at one size."""
     from deqir.train.registry import check_options, resolve
 
-    options = dict(options or {})
     if name not in SOURCES and ":" not in name:
         from deqir.data import build_dataset
 
@@ -115,16 +138,9 @@ def load_source(
             f"deqir.data source '{name}'",
             exclude=("source", "image_size", "seed"),
         )
-        built = build_dataset(name, image_size=image_size, seed=seed, **options)
-        return {s: ImageBank(built[s], name=f"{name}/{s}", min_size=image_size) for s in SPLITS}
+        return build_dataset(name, image_size=image_size, seed=seed, **options)
     fn = resolve("data.source", SOURCES, name)
-    kwargs = {
-        "image_size": image_size,
-        "num_train": num_train,
-        "num_val": num_val,
-        "num_test": num_test,
-        "seed": seed,
-    }
+    kwargs = {"image_size": image_size, **counts, "seed": seed}
     check_options(fn, options, "data.options", f"data source '{name}'", exclude=tuple(kwargs))
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -132,7 +148,7 @@ def load_source(
     splits = fn(**kwargs, **options)
     if not isinstance(splits, dict) or not set(SPLITS) <= set(splits):
         raise ConfigError(f"data source '{name}' must return a mapping with keys {', '.join(SPLITS)}")
-    return {s: ImageBank(splits[s], name=f"{name}/{s}", min_size=image_size) for s in SPLITS}
+    return splits
 
 
 class ImageBank:

@@ -227,7 +227,14 @@ class Trainer:
         self.task = (task or build_task(config)).to(self.device)
         self.task.bind(self.model)
         self.data = data or load_source(
-            d.source, d.image_size, d.num_train, d.num_val, d.num_test, e.seed, d.options
+            d.source,
+            d.image_size,
+            d.num_train,
+            d.num_val,
+            d.num_test,
+            e.seed,
+            d.options,
+            extra_train_sizes=d.extra_train_sizes,
         )
         self.val_images = self.data["val"].fixed_crops(d.image_size, d.num_val, seed=e.seed)
         self.shard = D.shard(d.batch_size, self.dist)
