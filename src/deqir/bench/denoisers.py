@@ -18,13 +18,16 @@ weight tuned per domain and sigma on the validation split (CT: the ``ct_like`` v
 
 Low noise: each domain's own denoiser also runs on the clean images at sigma 0 and on
 sigma = 1/255 (48 dB) noise, where PnP/RED at 40-50 dB input SNR call it; it should be (near)
-the identity there (rows with ``variant="low_noise_check"``; PSNR capped at 100 dB).
+the identity there (rows with ``variant="low_noise_check"``; PSNR capped at 100 dB). The same
+test images made at 128² (the size ``deqir bench baselines`` and ODER work at; finer detail per
+pixel than at 256²) are denoised at sigma = 2/255 (rows with ``variant="low_noise_128"``).
 
 Summary: ``natural_vs_scico17_at_25`` (our natural PSNR minus scico DnCNN-17's at sigma 25, dB;
 positive: ours is ahead), the same at 15 and 50 and against 17M, our PSNR per domain and sigma
 (``psnr_<domain>_<sigma>``, each domain's own denoiser) and the noisy input's;
-``identity_max_abs_error_<domain>`` (``max |D(x, 0) - x|``) and ``low_noise_gain_<domain>_db``
-(PSNR of ``D`` minus that of its input at sigma 1/255).
+``identity_max_abs_error_<domain>`` (``max |D(x, 0) - x|``), ``low_noise_gain_<domain>_db``
+(PSNR of ``D`` minus that of its input at sigma 1/255) and ``low_noise_gain_128_<domain>_db``
+(the same at 128² and sigma 2/255).
 
 ``deqir bench denoisers --json results/denoisers.json`` also writes ``results/denoisers.png``
 (noisy / ours / scico DnCNN-17M / clean crops at sigma 25) next to the JSON.
@@ -47,6 +50,8 @@ from deqir.bench.common import BenchReport
 SIGMAS = (15, 25, 50)
 #: sigma (/255) of the low-noise check of each domain's own denoiser (0: the clean image itself)
 LOW_SIGMAS = (0, 1)
+#: sigma (/255) and image size of the low-noise check at the size PnP/RED run at in the benches
+LOW_SIGMA_SMALL, SMALL_SIZE = 2, 128
 #: domain -> (test source, validation source used to tune the classical baseline, our model)
 DOMAINS: dict[str, tuple[str, str, str]] = {
     "natural": ("natural", "natural", "natural"),
@@ -76,10 +81,12 @@ class DenoiserReport(BenchReport):
         return path
 
 
-def _images(source: str, split: str, limit: int | None, crop: int | None = None) -> torch.Tensor | None:
+def _images(
+    source: str, split: str, limit: int | None, crop: int | None = None, size: int = IMAGE_SIZE
+) -> torch.Tensor | None:
     from deqir.data import build_dataset
 
-    part = getattr(build_dataset(source, IMAGE_SIZE), split)
+    part = getattr(build_dataset(source, size), split)
     if len(part) == 0:
         return None
     x = part.stack()[:limit] if limit else part.stack()
@@ -151,6 +158,7 @@ def run(quick: bool = False) -> DenoiserReport:
             "quick": quick,
             "sigmas_over_255": list(SIGMAS),
             "low_noise_sigmas_over_255": list(LOW_SIGMAS),
+            "low_noise_at_small_size": {"sigma_over_255": LOW_SIGMA_SMALL, "image_size": SMALL_SIZE},
             "image_size": IMAGE_SIZE,
             "max_test_images_per_domain": limit,
             "quick_centre_crop": crop,
@@ -227,6 +235,8 @@ def run(quick: bool = False) -> DenoiserReport:
                     _add_panel(report, domain, method, clean, out, p)
         if own in ours:
             low_noise.update(_low_noise(report, domain, own, ours[own], clean))
+            small = _images(test_source, "test", limit, None, size=SMALL_SIZE)
+            low_noise.update(_low_noise_small(report, domain, own, ours[own], small))
     _summarise(report, results)
     report.summary.update(low_noise)
     return report
@@ -263,6 +273,32 @@ def _low_noise(
             gain = psnr(denoised, clean) - psnr(noisy, clean)
             out[f"low_noise_gain_{domain}_db"] = round(float(gain.mean()), 3)
     return out
+
+
+def _low_noise_small(
+    report: DenoiserReport, domain: str, own: str, net: Any, clean: torch.Tensor
+) -> dict[str, Any]:
+    """The gain at sigma 2/255 on the test images made at 128² (see the module docstring)."""
+    from deqir.metrics import psnr, ssim
+    from deqir.priors.pretrained import add_test_noise
+
+    sigma = LOW_SIGMA_SMALL / 255
+    noisy = add_test_noise(clean, sigma, seed=0)
+    denoised = _batched(lambda y: net(y, sigma), noisy)
+    for method, x in ((f"deqir_{own}", denoised), ("noisy", noisy)):
+        report.add_row(
+            domain=domain,
+            sigma=LOW_SIGMA_SMALL,
+            method=method,
+            psnr=round(float(psnr(x, clean).mean()), 3),
+            ssim=round(float(ssim(x, clean).mean()), 4),
+            images=int(clean.shape[0]),
+            variant=f"low_noise_{SMALL_SIZE}",
+            tv_weight=None,
+            seconds=None,
+        )
+    gain = psnr(denoised, clean) - psnr(noisy, clean)
+    return {f"low_noise_gain_{SMALL_SIZE}_{domain}_db": round(float(gain.mean()), 3)}
 
 
 def _tune_tv_grid(val: torch.Tensor, sigma: float, weights: tuple[float, ...]) -> float:
