@@ -236,21 +236,42 @@ def run(quick: bool = False) -> DenoiserReport:
         if own in ours:
             low_noise.update(_low_noise(report, domain, own, ours[own], clean))
             small = _images(test_source, "test", limit, None, size=SMALL_SIZE)
-            low_noise.update(_low_noise_small(report, domain, own, ours[own], small))
+            low_noise.update(
+                _low_noise(
+                    report,
+                    domain,
+                    own,
+                    ours[own],
+                    small,
+                    sigmas=(LOW_SIGMA_SMALL,),
+                    variant=f"low_noise_{SMALL_SIZE}",
+                    gain_key=f"low_noise_gain_{SMALL_SIZE}_{domain}_db",
+                )
+            )
     _summarise(report, results)
     report.summary.update(low_noise)
     return report
 
 
 def _low_noise(
-    report: DenoiserReport, domain: str, own: str, net: Any, clean: torch.Tensor
+    report: DenoiserReport,
+    domain: str,
+    own: str,
+    net: Any,
+    clean: torch.Tensor,
+    sigmas: tuple[int, ...] = LOW_SIGMAS,
+    variant: str = "low_noise_check",
+    gain_key: str | None = None,
 ) -> dict[str, Any]:
-    """Rows and summary entries of the low-noise check (see the module docstring)."""
+    """Rows and summary entries of a low-noise check (see the module docstring).
+
+    The gain at the last nonzero sigma goes to ``gain_key`` (default ``low_noise_gain_<domain>_db``).
+    """
     from deqir.metrics import psnr, ssim
     from deqir.priors.pretrained import add_test_noise
 
     out: dict[str, Any] = {}
-    for s in LOW_SIGMAS:
+    for s in sigmas:
         sigma = s / 255
         noisy = add_test_noise(clean, sigma, seed=0) if s else clean
         denoised = _batched(lambda y, sigma=sigma: net(y, sigma), noisy)
@@ -265,40 +286,14 @@ def _low_noise(
                 psnr=round(float(psnr(x, clean).clamp_max(100.0).mean()), 3),
                 ssim=round(float(ssim(x, clean).mean()), 4),
                 images=int(clean.shape[0]),
-                variant="low_noise_check",
+                variant=variant,
                 tv_weight=None,
                 seconds=None,
             )
         if s:
             gain = psnr(denoised, clean) - psnr(noisy, clean)
-            out[f"low_noise_gain_{domain}_db"] = round(float(gain.mean()), 3)
+            out[gain_key or f"low_noise_gain_{domain}_db"] = round(float(gain.mean()), 3)
     return out
-
-
-def _low_noise_small(
-    report: DenoiserReport, domain: str, own: str, net: Any, clean: torch.Tensor
-) -> dict[str, Any]:
-    """The gain at sigma 2/255 on the test images made at 128² (see the module docstring)."""
-    from deqir.metrics import psnr, ssim
-    from deqir.priors.pretrained import add_test_noise
-
-    sigma = LOW_SIGMA_SMALL / 255
-    noisy = add_test_noise(clean, sigma, seed=0)
-    denoised = _batched(lambda y: net(y, sigma), noisy)
-    for method, x in ((f"deqir_{own}", denoised), ("noisy", noisy)):
-        report.add_row(
-            domain=domain,
-            sigma=LOW_SIGMA_SMALL,
-            method=method,
-            psnr=round(float(psnr(x, clean).mean()), 3),
-            ssim=round(float(ssim(x, clean).mean()), 4),
-            images=int(clean.shape[0]),
-            variant=f"low_noise_{SMALL_SIZE}",
-            tv_weight=None,
-            seconds=None,
-        )
-    gain = psnr(denoised, clean) - psnr(noisy, clean)
-    return {f"low_noise_gain_{SMALL_SIZE}_{domain}_db": round(float(gain.mean()), 3)}
 
 
 def _tune_tv_grid(val: torch.Tensor, sigma: float, weights: tuple[float, ...]) -> float:

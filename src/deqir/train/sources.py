@@ -113,10 +113,11 @@ def load_source(
         (4, 1)
     """
     counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
-    splits = _source_splits(name, image_size, counts, seed, dict(options or {}))
+    options = dict(options or {})
+    splits = _source_splits(name, image_size, counts, seed, options)
     train = list(splits["train"])
-    for size in extra_train_sizes:
-        train += list(_source_splits(name, int(size), counts, seed, dict(options or {}))["train"])
+    for size in extra_train_sizes:  # the whole source is made again; only its training split is kept
+        train += list(_source_splits(name, int(size), counts, seed, options)["train"])
     splits = {s: train if s == "train" else splits[s] for s in SPLITS}
     min_size = {s: image_size for s in SPLITS}
     if extra_train_sizes:
