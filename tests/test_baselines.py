@@ -111,6 +111,22 @@ def test_admm_cg_data_step_agrees_with_closed_form_prox(name, phantom):
     assert float((a.x - b.x).abs().max()) < 1e-3
 
 
+def test_cg_data_step_improves_a_warm_start_close_to_the_solution(phantom):
+    # with a large gamma (PnP-ADMM on CT is tuned to ~256/L) the right-hand side z + gamma A^T y is
+    # huge; a tolerance relative to it accepted a warm start near the solution as it was
+    op = build_operator("ct", image_size=SIZE)
+    y = simulate(op, phantom, noise_snr_db=50.0)
+    gamma = 256.0 / lipschitz(op)
+    gen = torch.Generator().manual_seed(0)
+    z = phantom + 0.02 * torch.randn(phantom.shape, generator=gen)
+    exact = data_step(op, z, y, gamma, "cg", cg_tol=1e-7, cg_iter=1000)
+    optimality = op.data_grad(exact, y) + (exact - z) / gamma
+    assert float(optimality.norm()) < 1e-3 * float((z / gamma).norm())
+    warm = exact + 1e-3 * torch.randn(phantom.shape, generator=gen)
+    x = data_step(op, z, y, gamma, "cg", x0=warm, cg_tol=1e-5, cg_iter=30)
+    assert float((x - exact).norm()) < 0.1 * float((warm - exact).norm())
+
+
 def test_step_sizes_default_from_the_operator_norm(problems):
     op, y = problems["ct"]
     L = op.norm() ** 2

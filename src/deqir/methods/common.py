@@ -185,6 +185,12 @@ def data_step(
         x0: CG warm start (default ``z``).
         cg_tol, cg_iter: CG relative tolerance and most iterations.
 
+    CG solves for the correction ``d = x − x0`` of the warm start,
+    ``(I + γAᵀA) d = (z − x0) + γAᵀ(y − A x0)``, so ``cg_tol`` is relative to the warm start's
+    own residual. (Solving ``(I + γAᵀA) x = z + γAᵀy`` with a tolerance relative to that large
+    right-hand side stopped at once near a solution: with ``γ ~ 256/‖A‖²`` PnP-ADMM on CT
+    returned its warm start unchanged from about iteration 35 on, a data step left unsolved.)
+
     Example:
         >>> import torch
         >>> from deqir.physics.registry import build_operator
@@ -201,10 +207,12 @@ def data_step(
     if mode in ("prox", "auto") and hasattr(op, "prox_data"):
         x = op.prox_data(z, y, gamma)
         return x.real if x.is_complex() else x
-    rhs = z + gamma * op.A_adjoint(y)
-    return conjugate_gradient(
-        lambda v: v + gamma * op.A_adjoint_A(v), rhs, z if x0 is None else x0, tol=cg_tol, max_iter=cg_iter
+    start = z if x0 is None else x0
+    rhs = (z - start) + gamma * op.A_adjoint(y - op.A(start))
+    correction = conjugate_gradient(
+        lambda v: v + gamma * op.A_adjoint_A(v), rhs, torch.zeros_like(start), tol=cg_tol, max_iter=cg_iter
     )
+    return start + correction
 
 
 def make_solver(iterations: int, tol: float, accelerate: bool):
