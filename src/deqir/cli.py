@@ -116,6 +116,12 @@ def reconstruct(
         None, "--denoiser", help="For PnP/RED: natural, ct, mri, scico17 (default: the task's)."
     ),
     iterations: int = typer.Option(None, "--iterations", help="Iterations of an iterative method."),
+    param: list[str] = typer.Option(
+        None,
+        "--param",
+        help="A hyperparameter as KEY=VALUE, repeatable; scale-free as in results/baselines.json "
+        "(e.g. --param sigma=0.015 --param gamma=256 for pnp_admm on ct).",
+    ),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     noise_sigma: float = typer.Option(None, "--noise-sigma", help="Noise standard deviation."),
     noise_snr_db: float = typer.Option(None, "--noise-snr-db", help="Noise as input SNR in dB."),
@@ -136,6 +142,7 @@ def reconstruct(
         seed=seed,
         denoiser=denoiser,
         iterations=iterations,
+        params=_key_values(param or [], "--param"),
     )
     if result["metrics"]:
         typer.echo(" ".join(f"{k}={v}" for k, v in result["metrics"].items()))
@@ -210,6 +217,30 @@ def weights(
         raise InvalidValueError(
             f"unknown action {action!r}; use `deqir weights list` or `deqir weights export RUN`"
         )
+
+
+def _key_values(items: list[str], option: str) -> dict[str, float]:
+    """Parse ``KEY=VALUE`` strings into numbers, naming ``option`` in any error.
+
+    Example:
+        >>> _key_values(["sigma=0.015", "gamma=256"], "--param")
+        {'sigma': 0.015, 'gamma': 256.0}
+    """
+    from deqir.errors import InvalidValueError
+
+    parsed: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidValueError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} sigma=0.015")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidValueError(f"{option} {item!r}: {value!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InvalidValueError(f"{option} {item!r}: the value must be finite")
+        parsed[key.strip()] = number
+    return parsed
 
 
 def main() -> None:

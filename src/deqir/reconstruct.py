@@ -123,6 +123,7 @@ def reconstruct(
     seed: int = 0,
     denoiser: Any = None,
     iterations: int | None = None,
+    params: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Reconstruct an image file (simulated measurements) or a ``.npy`` measurement file.
 
@@ -140,6 +141,10 @@ def reconstruct(
             ``ct``, ``mri``, ``scico17``), a torch module ``D(x, sigma)`` or a callable; default
             the task's (:data:`DEFAULT_DENOISERS`).
         iterations: iterations of an iterative method (default: the method's).
+        params: the method's hyperparameters, scale-free as in
+            :func:`~deqir.methods.baselines.run_baseline` and in the ``params`` column of
+            ``results/baselines.json`` (``gamma`` in units of ``1/‖A‖²``, ``tau`` and ``lam`` of
+            ``‖A‖²``); unset ones keep their defaults, unknown ones raise.
 
     Returns:
         ``{"task", "method", "files": [...], "metrics": {...} or None, "denoiser", "params",
@@ -190,7 +195,7 @@ def reconstruct(
         files.append(out / "measurements.npy")
     else:
         y = _read_measurements(Path(measurements), op)
-    result = run_baseline(op, y, method, denoiser=D, iterations=iterations, noise_sigma=sigma)
+    result = run_baseline(op, y, method, denoiser=D, params=params, iterations=iterations, noise_sigma=sigma)
     x = result.x.clamp(0, 1)
     np.save(out / "reconstruction.npy", x.numpy())
     files.append(out / "reconstruction.npy")
