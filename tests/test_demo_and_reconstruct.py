@@ -214,3 +214,44 @@ def test_reconstruct_hyperparameter_errors_name_what_to_change(tmp_path, phantom
         _key_values(["sigma=abc"], "--param")
     with pytest.raises(InvalidValueError, match="finite"):
         _key_values(["sigma=nan"], "--param")
+
+
+def test_tuned_reconstruct_defaults_match_the_baselines_bench():
+    from pathlib import Path
+
+    from deqir.reconstruct import TUNED
+
+    report = Path(__file__).resolve().parents[1] / "results" / "baselines.json"
+    if not report.is_file():
+        pytest.skip("results/baselines.json is not in this checkout")
+    saved = json.loads(report.read_text())
+    bench_task = {"deblur": "deblur", "ct": "ct", "mri": "mri_single", "mri_multi": "mri_multi"}
+    rows = {(r["task"], r["method"]): r for r in saved["rows"]}
+    assert set(TUNED) == set(bench_task)
+    for task, methods in TUNED.items():
+        for method, (params, iterations) in methods.items():
+            row = rows[(bench_task[task], method)]
+            assert params == json.loads(row["params"]), (task, method)
+            assert iterations == saved["config"]["iterations"][method], (task, method)
+
+
+def test_reconstruct_starts_from_the_tuned_hyperparameters(tmp_path, phantom):
+    from deqir.methods.baselines import DEFAULTS
+    from deqir.methods.denoisers import GaussianSmoother
+    from deqir.reconstruct import TUNED, reconstruct
+
+    image = tmp_path / "p.png"
+    _save_png(image, phantom)
+    tuned = reconstruct("ct", tmp_path / "a", image=image, size=64, method="tv")
+    assert tuned["params"]["lam_rel"] == TUNED["ct"]["tv"][0]["lam"]
+    assert tuned["iterations"] == TUNED["ct"]["tv"][1]
+    given = reconstruct(
+        "ct", tmp_path / "b", image=image, size=64, method="tv", params={"lam": 1e-2}, iterations=20
+    )
+    assert given["params"]["lam_rel"] == 1e-2 and given["iterations"] == 20
+    # a denoiser other than the task's own gets the generic defaults, not values tuned for another
+    other = reconstruct(
+        "ct", tmp_path / "c", image=image, size=64, method="red_gd", denoiser=GaussianSmoother(), iterations=5
+    )
+    generic = {k: other["params"][f"{k}_rel"] for k in DEFAULTS["red_gd"]}
+    assert generic == DEFAULTS["red_gd"] != TUNED["ct"]["red_gd"][0]

@@ -120,7 +120,8 @@ def reconstruct(
         None,
         "--param",
         help="A hyperparameter as KEY=VALUE, repeatable; scale-free as in results/baselines.json "
-        "(e.g. --param sigma=0.015 --param gamma=256 for pnp_admm on ct).",
+        "(e.g. --param sigma=0.01 --param gamma=64 for pnp_admm). Default: as the baselines bench "
+        "tuned them for deblur, ct, mri and mri_multi, else generic.",
     ),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     noise_sigma: float = typer.Option(None, "--noise-sigma", help="Noise standard deviation."),

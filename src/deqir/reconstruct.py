@@ -2,8 +2,10 @@
 
 What ``deqir reconstruct`` runs. Methods (``--method``): the classical ``tikhonov``, ``fbp``,
 ``zero_filled`` and the iterative baselines ``tv``, ``pnp_pgm``, ``pnp_admm``, ``pnp_hqs``,
-``red_gd``, ``red_fp`` (:func:`deqir.methods.baselines.run_baseline`, default scale-free hyperparameters,
-iterates clipped to [0, 1]); the PnP/RED methods use ``--denoiser`` (``natural``, ``ct``, ``mri``,
+``red_gd``, ``red_fp`` (:func:`deqir.methods.baselines.run_baseline`, iterates clipped to [0, 1];
+hyperparameters and iterations as the baselines bench tuned them for ``deblur``, ``ct``, ``mri``
+and ``mri_multi`` (:data:`TUNED`), else the generic defaults; ``params=`` / ``--param`` override
+them); the PnP/RED methods use ``--denoiser`` (``natural``, ``ct``, ``mri``,
 ``scico17``; default: the task's domain, :data:`DEFAULT_DENOISERS`).
 
 With ``image=`` the image is read (PNG/TIFF/JPG, DICOM, NIfTI middle slice, fastMRI ``.h5``),
@@ -41,6 +43,48 @@ DEFAULT_DENOISERS: dict[str, str] = {
     "mri": "mri",
     "mri_radial": "mri",
     "mri_multi": "mri",
+}
+
+
+#: The hyperparameters and iterations ``deqir bench baselines`` chose on the validation split
+#: (128², the task's default noise, the task's shipped denoiser; the ``params`` column of
+#: ``results/baselines.json``, run at 0fef9d4). :func:`reconstruct` starts from them for these
+#: tasks when the method runs with the task's own denoiser (or is TV); ``params`` and
+#: ``iterations`` override them. Other tasks and denoisers get the methods' generic defaults
+#: (:data:`deqir.methods.baselines.DEFAULTS`). A test checks this table against the results file.
+TUNED: dict[str, dict[str, tuple[dict[str, float], int]]] = {
+    "deblur": {
+        "tv": ({"lam": 1e-3}, 200),
+        "pnp_pgm": ({"sigma": 0.02, "gamma": 1.9}, 100),
+        "pnp_admm": ({"sigma": 0.06, "gamma": 64.0}, 60),
+        "pnp_hqs": ({"sigma": 0.02, "sigma_start": 0.2, "gamma": 8.0}, 60),
+        "red_gd": ({"sigma": 0.02, "tau": 0.1}, 100),
+        "red_fp": ({"sigma": 0.02, "tau": 0.1}, 30),
+    },
+    "ct": {
+        "tv": ({"lam": 3e-5}, 200),
+        "pnp_pgm": ({"sigma": 0.005, "gamma": 1.9}, 100),
+        "pnp_admm": ({"sigma": 0.015, "gamma": 256.0}, 60),
+        "pnp_hqs": ({"sigma": 0.005, "sigma_start": 0.2, "gamma": 128.0}, 60),
+        "red_gd": ({"sigma": 0.01, "tau": 0.01}, 100),
+        "red_fp": ({"sigma": 0.01, "tau": 0.01}, 30),
+    },
+    "mri": {  # the bench's mri_single
+        "tv": ({"lam": 3e-5}, 200),
+        "pnp_pgm": ({"sigma": 0.01, "gamma": 1.9}, 100),
+        "pnp_admm": ({"sigma": 0.01, "gamma": 16.0}, 60),
+        "pnp_hqs": ({"sigma": 0.0025, "sigma_start": 0.2, "gamma": 32.0}, 60),
+        "red_gd": ({"sigma": 0.04, "tau": 0.01}, 100),
+        "red_fp": ({"sigma": 0.04, "tau": 0.001}, 30),
+    },
+    "mri_multi": {
+        "tv": ({"lam": 3e-5}, 200),
+        "pnp_pgm": ({"sigma": 0.005, "gamma": 1.9}, 100),
+        "pnp_admm": ({"sigma": 0.005, "gamma": 64.0}, 60),
+        "pnp_hqs": ({"sigma": 0.0025, "sigma_start": 0.2, "gamma": 32.0}, 60),
+        "red_gd": ({"sigma": 0.01, "tau": 0.01}, 100),
+        "red_fp": ({"sigma": 0.01, "tau": 0.01}, 30),
+    },
 }
 
 
@@ -140,8 +184,9 @@ def reconstruct(
         denoiser: for ``pnp_pgm``, ``pnp_admm``, ``pnp_hqs``, ``red_gd``, ``red_fp``: a name (``natural``,
             ``ct``, ``mri``, ``scico17``), a torch module ``D(x, sigma)`` or a callable; default
             the task's (:data:`DEFAULT_DENOISERS`).
-        iterations: iterations of an iterative method (default: the method's).
-        params: the method's hyperparameters, scale-free as in
+        iterations: iterations of an iterative method (default: :data:`TUNED`'s for the task,
+            else the method's).
+        params: the method's hyperparameters (default: :data:`TUNED`'s for the task), scale-free as in
             :func:`~deqir.methods.baselines.run_baseline` and in the ``params`` column of
             ``results/baselines.json`` (``gamma`` in units of ``1/‖A‖²``, ``tau`` and ``lam`` of
             ``‖A‖²``); unset ones keep their defaults, unknown ones raise.
@@ -171,6 +216,12 @@ def reconstruct(
     if method not in BASELINE_METHODS:
         raise InvalidValueError(unknown_name_message("method", method, BASELINE_METHODS))
     D = None
+    own_denoiser = denoiser is None or (isinstance(denoiser, str) and denoiser == DEFAULT_DENOISERS[task])
+    tuned_params, tuned_iterations = TUNED.get(task, {}).get(method, ({}, None))
+    if not own_denoiser and method in DENOISER_METHODS:
+        tuned_params, tuned_iterations = {}, None  # tuned for the task's own denoiser only
+    params = {**tuned_params, **(params or {})}
+    iterations = iterations or tuned_iterations
     if method in DENOISER_METHODS:
         denoiser = DEFAULT_DENOISERS[task] if denoiser is None else denoiser
         if isinstance(denoiser, str) and denoiser not in DENOISER_NAMES:
