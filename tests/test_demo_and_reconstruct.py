@@ -208,6 +208,8 @@ def test_reconstruct_hyperparameter_errors_name_what_to_change(tmp_path, phantom
     _save_png(image, phantom)
     with pytest.raises(InvalidValueError, match="unknown parameter.*valid: lam"):
         reconstruct("ct", tmp_path / "o", image=image, size=32, method="tv", params={"lamda": 1e-4})
+    with pytest.raises(InvalidValueError, match="iterations must be at least 1"):
+        reconstruct("ct", tmp_path / "o", image=image, size=32, method="tv", iterations=0)
     with pytest.raises(InvalidValueError, match="write KEY=VALUE"):
         _key_values(["sigma"], "--param")
     with pytest.raises(InvalidValueError, match="'abc' is not a number"):

@@ -221,7 +221,7 @@ def reconstruct(
     if not own_denoiser and method in DENOISER_METHODS:
         tuned_params, tuned_iterations = {}, None  # tuned for the task's own denoiser only
     params = {**tuned_params, **(params or {})}
-    iterations = iterations or tuned_iterations
+    iterations = tuned_iterations if iterations is None else iterations
     if method in DENOISER_METHODS:
         denoiser = DEFAULT_DENOISERS[task] if denoiser is None else denoiser
         if isinstance(denoiser, str) and denoiser not in DENOISER_NAMES:

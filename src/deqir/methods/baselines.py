@@ -162,7 +162,7 @@ def run_baseline(
         x = classical_reconstruction(op, y, method, noise_sigma=noise_sigma)
         x = project(x, bounds)
         return BaselineResult(x, None, {}, method, time.perf_counter() - t0)
-    iters = int(iterations or ITERATIONS[method])
+    iters = int(ITERATIONS[method] if iterations is None else iterations)
     L = lipschitz(op)
     if method == "tv":
         from deqir.methods.tv import tv_reconstruction
