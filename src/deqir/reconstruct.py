@@ -216,10 +216,10 @@ def reconstruct(
     if method not in BASELINE_METHODS:
         raise InvalidValueError(unknown_name_message("method", method, BASELINE_METHODS))
     D = None
+    # the tuned values hold for TV and for PnP/RED with the task's own denoiser only
     own_denoiser = denoiser is None or (isinstance(denoiser, str) and denoiser == DEFAULT_DENOISERS[task])
-    tuned_params, tuned_iterations = TUNED.get(task, {}).get(method, ({}, None))
-    if not own_denoiser and method in DENOISER_METHODS:
-        tuned_params, tuned_iterations = {}, None  # tuned for the task's own denoiser only
+    tuned = method not in DENOISER_METHODS or own_denoiser
+    tuned_params, tuned_iterations = TUNED.get(task, {}).get(method, ({}, None)) if tuned else ({}, None)
     params = {**tuned_params, **(params or {})}
     iterations = tuned_iterations if iterations is None else iterations
     if method in DENOISER_METHODS:
