@@ -152,10 +152,28 @@ def test_bench_cost_meter_counts_blocks_exactly(batch, memory_meter):
     op = ParallelBeamCT(32, num_angles=30)
     x = batch[0]
     report = BenchReport("t")
-    costs = _cost_rows("ct", "tiny", op, _net(), x, 50.0, "fbp", (10, 30), 1, report, memory_meter)
+    costs = _cost_rows(
+        "ct",
+        "tiny",
+        op,
+        _net(),
+        x,
+        50.0,
+        "fbp",
+        (10, 30),
+        1,
+        report,
+        memory_meter,
+        iterations=6,
+        train_average=2,
+    )
+    # ODER's averaged training iterations are its solve's last ones: still exactly w/b, and as
+    # many as without averaging
     assert costs[10]["operator_block_applications"] / costs[30]["operator_block_applications"] == 10 / 30
+    plain = _cost_rows("ct", "tiny", op, _net(), x, 50.0, "fbp", (10,), 1, BenchReport("t"), memory_meter, 6)
+    assert costs[10]["operator_block_applications"] == plain[10]["operator_block_applications"]
     assert costs[30]["saved_bytes"] > 0 and 0 < costs[30]["operator_share"] < 1
-    assert len(report.rows) == 2
+    assert [r["train_average"] for r in report.rows] == [2, 0]  # the full-batch map is not averaged
 
 
 def test_tail_averaging_only_at_test_time_for_stochastic_maps(ct, batch):
@@ -168,6 +186,49 @@ def test_tail_averaging_only_at_test_time_for_stochastic_maps(ct, batch):
     with torch.no_grad():
         full(y, ct, init=x0)
     assert full.block_applications == 2 * 30 * 6  # a deterministic map is not averaged
+
+
+def test_training_scores_the_tail_average_with_the_solutions_gradient(ct, batch):
+    x, y, x0 = batch
+    n, k = 5, 3
+    model = REDEquilibrium(
+        _net(), mode="oder", minibatch=10, solver="plain", max_iter=n, adjoint="jfb", train_average=k
+    )
+    out = model(y, ct, init=x0)
+    # the same sampler seed draws the same minibatches in the same order: n - k solver
+    # iterations, JFB's re-application at the solution, then the k averaged ones
+    reference = REDEquilibrium(_net(), mode="oder", minibatch=10, solver="plain", max_iter=n + 1)
+    iterates = reference.iterates(y, ct, init=x0)
+    mean = torch.stack(iterates[n - k + 2 :]).mean(0)
+    torch.testing.assert_close(out.detach(), mean)
+    assert model.block_applications == 2 * 10 * (n + 1)  # as many as without averaging
+    (out - x).square().mean().backward()
+    # the gradient: the loss's gradient at the average, sent back through the solution
+    single = REDEquilibrium(_net(), mode="oder", minibatch=10, solver="plain", max_iter=n - k, adjoint="jfb")
+    solution = single(y, ct, init=x0)
+    torch.testing.assert_close(solution.detach(), iterates[n - k + 1])
+    solution.backward(2 * (mean - x) / x.numel())
+    named = dict(single.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, named[name].grad)
+    full = REDEquilibrium(
+        _net(), mode="deq", solver="plain", tol=0.0, max_iter=n, adjoint="jfb", train_average=k
+    )
+    full(y, ct, init=x0)
+    assert full.block_applications == 2 * 30 * (n + 1)  # a deterministic map is not averaged
+    with torch.no_grad():  # at test: max_iter iterations, then test_average further ones
+        model.block_applications, model.test_average = 0, 2
+        model(y, ct, init=x0)
+    assert model.block_applications == 2 * 10 * (n + 2)
+
+
+def test_negative_or_too_long_tail_averages_are_refused():
+    for kwargs in ({"test_average": -1}, {"train_average": -2}):
+        with pytest.raises(InvalidValueError, match="use 0 \\(off\\) or more"):
+            REDEquilibrium(_net(), mode="oder", minibatch=10, **kwargs)
+    with pytest.raises(InvalidValueError, match="use train_average < max_iter"):
+        REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=10, train_average=10)
 
 
 def test_oder_bench_groups_test_images_by_their_source():
@@ -193,6 +254,9 @@ def test_oder_bench_tests_each_model_with_the_iterations_it_was_trained_with(mon
     assert oder._trained_iterations("plain") == oder.DEFAULT_ITERATIONS  # no max_iter in the config
     assert oder._trained_iterations("absent") == oder.DEFAULT_ITERATIONS
     assert oder._trained_iterations(None) == oder.DEFAULT_ITERATIONS
+    save_weights(net, tmp_path / "avg.safetensors", config={"method": {"options": {"train_average": 10}}})
+    assert oder._trained_option("avg", "train_average", 0) == 10
+    assert oder._trained_option("m100", "train_average", 0) == 0
 
 
 # ----------------------------------------------------------------------------- SAGA estimator

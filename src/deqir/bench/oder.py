@@ -245,8 +245,18 @@ def _trained_iterations(name: str | None) -> int:
         >>> _trained_iterations("oder_mri_w4")
         100
     """
+    return int(_trained_option(name, "max_iter", DEFAULT_ITERATIONS))
+
+
+def _trained_option(name: str | None, key: str, default):
+    """``method.options[key]`` of a shipped model's training config (``default`` when unset).
+
+    Example:
+        >>> _trained_option("oder_ct_w30", "minibatch", None)
+        30
+    """
     options = (_shipped_config(name).get("method") or {}).get("options") or {}
-    return int(options.get("max_iter", DEFAULT_ITERATIONS))
+    return options.get(key, default)
 
 
 def _train_steps(name: str | None) -> int | None:
@@ -464,12 +474,26 @@ def _training_step_cost(model, op, x, y, x0, repeat: int, meter: IsolatedMemory)
 
 
 def _cost_rows(
-    task, setting, op, net, x, snr_db, init_kind, widths, repeat, report, meter, iterations=None, average=None
+    task,
+    setting,
+    op,
+    net,
+    x,
+    snr_db,
+    init_kind,
+    widths,
+    repeat,
+    report,
+    meter,
+    iterations=None,
+    average=None,
+    train_average=0,
 ) -> dict:
     """Cost rows for each w; ``iterations`` (the callers pass the models' trained count, or
     :data:`QUICK_COST_ITERATIONS` for ``--quick``) scales both the training step and the test
     reconstruction; :data:`TRAIN_ITERATIONS` / :data:`TEST_ITERATIONS` override it when set. The
-    test time includes ODER's tail averaging (``average``, default :data:`TEST_AVERAGE`)."""
+    test time includes ODER's tail averaging (``average``, default :data:`TEST_AVERAGE`), and
+    ODER's training step the averaged iterations its loss scores (``train_average``)."""
     from deqir.methods.equilibrium import REDEquilibrium
 
     train_iterations = TRAIN_ITERATIONS or iterations or DEFAULT_ITERATIONS
@@ -490,6 +514,7 @@ def _cost_rows(
             tol=0.0,
             adjoint="phantom",
             phantom_steps=3,
+            train_average=train_average,
         )
         cost = _training_step_cost(model, op, x, y, x0, repeat, meter)
         with torch.no_grad():
@@ -506,6 +531,7 @@ def _cost_rows(
             w=w,
             b=op.num_blocks,
             iterations=train_iterations,
+            train_average=train_average if mode == "oder" else 0,
             **cost,
         )
     return out
@@ -581,6 +607,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     torch.manual_seed(0)
     # every model is tested and costed with the forward iterations it was trained with
     ct_iterations, mri_iterations = _trained_iterations("oder_ct_w30"), _trained_iterations("oder_mri_w4")
+    # ODER's training loss scores the mean of the last this many iterations (as trained; 0: the last)
+    ct_train_average = int(_trained_option("oder_ct_w30", "train_average", 0))
+    mri_train_average = int(_trained_option("oder_mri_w4", "train_average", 0))
     n_test = 2 if quick else None  # None: the whole held-out split (CT 29 images, MRI 9)
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3
@@ -593,7 +622,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
             "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
             "training": f"Nesterov iterations (CT {ct_iterations}, MRI {mri_iterations}, as the shipped "
-            "configs' max_iter) + 3-step phantom gradient, batch 2",
+            "configs' max_iter) + 3-step phantom gradient, batch 2; ODER's loss scores a tail "
+            f"average of the last train_average of them (CT {ct_train_average}, MRI {mri_train_average}; "
+            "0: the last iterate)",
             "cost_iterations": QUICK_COST_ITERATIONS
             if quick
             else {"ct": ct_iterations, "mri": mri_iterations},
@@ -674,9 +705,12 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     x_cost = _images("ct_phantoms+brain", "test", cost_batch)
     widths = (30, 90) if quick else (10, 30, 90)
 
-    def cost(task, setting, op, network, x, snr_db, init_kind, widths, iterations, average):
+    def cost(task, setting, op, network, x, snr_db, init_kind, widths, iterations, average, train_average):
         if quick:  # fewer iterations, with the same share of tail averaging
             average = max(1, round(average * QUICK_COST_ITERATIONS / iterations))
+            train_average = train_average and max(
+                1, round(train_average * QUICK_COST_ITERATIONS / iterations)
+            )
             iterations = QUICK_COST_ITERATIONS
         return _cost_rows(
             task,
@@ -692,10 +726,13 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             meter,
             iterations,
             average,
+            train_average,
         )
 
     def ct_cost(setting, op, x, widths):
-        return cost("ct", setting, op, net, x, 50.0, "fbp", widths, ct_iterations, TEST_AVERAGE)
+        return cost(
+            "ct", setting, op, net, x, 50.0, "fbp", widths, ct_iterations, TEST_AVERAGE, ct_train_average
+        )
 
     costs["ct 128², b=90"] = ct_cost("ct_128_90", ct, x_cost, widths)
     bar.update(1)
@@ -745,6 +782,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         (2, 4, 8),
         mri_iterations,
         MRI_TEST_AVERAGE,
+        mri_train_average,
     )
     bar.update(1)
     bar.close()

@@ -92,6 +92,12 @@ class REDEquilibrium(nn.Module):
         test_average: ODER without gradients (test time): run this many further iterations
             after the solve and return their mean (tail averaging), which removes most of the
             minibatch noise of the last iterate at ``w/b`` of a full iteration each. ``0``: off.
+        train_average: ODER with gradients (training): the last this many of the ``max_iter``
+            forward iterations are averaged (fresh minibatches, without gradients), so the loss
+            scores a tail average, as validation and test do, instead of one noisy iterate; its
+            gradient is the adjoint's at the solution before them (exact at a deterministic fixed
+            point, where every further iterate equals the solution). A training step applies the
+            operator as often as without it. ``0``: off; must be below ``max_iter``.
         seed: seed of the minibatch sampler.
     """
 
@@ -117,6 +123,7 @@ class REDEquilibrium(nn.Module):
         phantom_damping: float = 0.5,
         nonnegative: bool = True,
         test_average: int = 0,
+        train_average: int = 0,
         seed: int = 0,
     ):
         super().__init__()
@@ -143,6 +150,16 @@ class REDEquilibrium(nn.Module):
             )
         if estimator == "saga":
             _check_saga_step(float(step))
+        if int(test_average) < 0 or int(train_average) < 0:
+            raise InvalidValueError(
+                f"test_average and train_average count iterations: use 0 (off) or more; "
+                f"got test_average={test_average}, train_average={train_average}"
+            )
+        if int(train_average) >= int(max_iter) and int(train_average) > 0:
+            raise InvalidValueError(
+                f"train_average={train_average} averages the last iterations of the max_iter={max_iter} "
+                f"forward ones: use train_average < max_iter"
+            )
         if minibatch is not None and int(minibatch) < 1:
             raise InvalidValueError(f"minibatch must be a positive number of blocks; got {minibatch}")
         self.network = network
@@ -156,6 +173,7 @@ class REDEquilibrium(nn.Module):
         self.phantom_steps, self.phantom_damping = int(phantom_steps), float(phantom_damping)
         self.nonnegative = bool(nonnegative)
         self.test_average = int(test_average)
+        self.train_average = int(train_average)
         raw = torch.tensor([inverse_softplus(float(step)), inverse_softplus(max(float(tau), 1e-8))])
         if learn_parameters:
             self.raw_parameters = nn.Parameter(raw)
@@ -246,18 +264,20 @@ class REDEquilibrium(nn.Module):
 
         return StochasticMap(T, freeze=freeze)
 
-    def _solver(self):
+    def _solver(self, max_iter: int | None = None):
         from deqir.solvers import Anderson, FixedPointIteration, Nesterov
+
+        max_iter = self.max_iter if max_iter is None else max_iter
 
         if self.mode == "oder":  # a fixed number of iterations: the tolerance never stops it
             tol, stop = 0.0, "abs"
         else:
             tol, stop = self.tol, "rel"
         if self.solver_name == "anderson":
-            return Anderson(tol=tol, stop=stop, max_iter=self.max_iter, memory=5, regularization=1e-4)
+            return Anderson(tol=tol, stop=stop, max_iter=max_iter, memory=5, regularization=1e-4)
         if self.solver_name == "nesterov":
-            return Nesterov(tol=tol, stop=stop, max_iter=self.max_iter, restart=True)
-        return FixedPointIteration(tol=tol, stop=stop, max_iter=self.max_iter)
+            return Nesterov(tol=tol, stop=stop, max_iter=max_iter, restart=True)
+        return FixedPointIteration(tol=tol, stop=stop, max_iter=max_iter)
 
     def _adjoint(self):
         from deqir.solvers import ImplicitAdjoint, JacobianFree, PhantomAdjoint, UnrolledAdjoint
@@ -285,16 +305,32 @@ class REDEquilibrium(nn.Module):
 
             solver = FixedPointIteration(tol=0.0, stop="abs", max_iter=self.max_iter)
         else:
-            solver = self._solver()
+            # training with a tail average: its iterations are the solve's last ones, so a
+            # training step applies the operator as often as the full-batch map's
+            averaging = self.train_average > 0 and torch.is_grad_enabled() and getattr(f, "stochastic", False)
+            solver = self._solver(self.max_iter - self.train_average if averaging else None)
         sol = fixed_point(f, x0, solver=solver, adjoint=self._adjoint())
         self.last_stats = sol.stats
-        if self.test_average > 0 and not torch.is_grad_enabled() and getattr(f, "stochastic", False):
-            z, total = sol.value, torch.zeros_like(sol.value)
-            for _ in range(self.test_average):
-                z = f(z)
-                total += z
-            return total / self.test_average
+        if not getattr(f, "stochastic", False):
+            return sol.value
+        if not torch.is_grad_enabled():
+            return self._tail_average(f, sol.value, self.test_average)
+        if self.train_average > 0:  # the tail average's value, the solution's gradient
+            with torch.no_grad():
+                mean = self._tail_average(f, sol.value.detach(), self.train_average)
+            return sol.value + (mean - sol.value.detach())
         return sol.value
+
+    @staticmethod
+    def _tail_average(f, z: torch.Tensor, count: int) -> torch.Tensor:
+        """The mean of ``count`` further iterations of ``f`` from ``z`` (``z`` itself when ``count`` is 0)."""
+        if count <= 0:
+            return z
+        total = torch.zeros_like(z)
+        for _ in range(count):
+            z = f(z)
+            total += z
+        return total / count
 
     @torch.no_grad()
     def iterates(self, y: torch.Tensor, physics, init: torch.Tensor | None = None) -> list[torch.Tensor]:
