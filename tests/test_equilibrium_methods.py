@@ -223,12 +223,57 @@ def test_training_scores_the_tail_average_with_the_solutions_gradient(ct, batch)
     assert model.block_applications == 2 * 10 * (n + 2)
 
 
+@pytest.mark.parametrize("adjoint", ["phantom", "implicit"])
+def test_training_on_the_tail_average_with_the_shipped_solver_and_other_adjoints(ct, batch, adjoint):
+    x, y, x0 = batch
+    n = 6
+
+    def model(max_iter, k=0):
+        return REDEquilibrium(
+            _net(),
+            mode="oder",
+            minibatch=10,
+            solver="nesterov",
+            max_iter=max_iter,
+            adjoint=adjoint,
+            train_average=k,
+        )
+
+    for k in (2, n - 1):  # the last one leaves a single solver iteration
+        averaged, plain, single = model(n, k), model(n), model(n - k)
+        out = averaged(y, ct, init=x0)
+        plain(y, ct, init=x0)
+        solution = single(y, ct, init=x0)
+        # forward: as many operator applications as without averaging
+        assert averaged.block_applications == plain.block_applications
+        assert averaged.block_applications == single.block_applications + 2 * 10 * k
+        assert averaged.last_stats.iterations.max() == n - k
+        assert not torch.allclose(out, solution)  # the value is the average, not the solution
+        (out - x).square().mean().backward()
+        grads = [p.grad for p in averaged.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+        if adjoint == "phantom":  # its graph is built in the forward: the same draws as `single`
+            solution.backward(2 * (out.detach() - x) / x.numel())
+            for mine, theirs in zip(averaged.parameters(), single.parameters(), strict=True):
+                torch.testing.assert_close(mine.grad, theirs.grad)
+
+
 def test_negative_or_too_long_tail_averages_are_refused():
     for kwargs in ({"test_average": -1}, {"train_average": -2}):
         with pytest.raises(InvalidValueError, match="use 0 \\(off\\) or more"):
             REDEquilibrium(_net(), mode="oder", minibatch=10, **kwargs)
     with pytest.raises(InvalidValueError, match="use train_average < max_iter"):
         REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=10, train_average=10)
+    model = REDEquilibrium(_net(), mode="oder", minibatch=10, max_iter=10, train_average=4, adjoint="jfb")
+    model.max_iter = 4  # lowered after construction (as the bench's cost rows do): refused when training
+    ct = ParallelBeamCT(32, num_angles=30)
+    y = ct.A(torch.rand(1, 1, 32, 32))
+    with pytest.raises(InvalidValueError, match="train_average=4 .* max_iter=4"):
+        model(y, ct)
+    with torch.no_grad():  # at test time it does not apply
+        assert model(y, ct).shape == (1, 1, 32, 32)
+    # a deterministic map ignores it
+    REDEquilibrium(_net(), mode="deq", max_iter=10, train_average=10)
 
 
 def test_oder_bench_groups_test_images_by_their_source():

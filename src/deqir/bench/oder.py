@@ -498,6 +498,7 @@ def _cost_rows(
 
     train_iterations = TRAIN_ITERATIONS or iterations or DEFAULT_ITERATIONS
     test_iterations = TEST_ITERATIONS or iterations or DEFAULT_ITERATIONS
+    train_average = min(train_average, train_iterations - 1)  # it replaces the solve's last iterations
 
     y = _simulate(op, x, snr_db, seed=3)
     x0 = _init(op, y, init_kind)
@@ -514,7 +515,7 @@ def _cost_rows(
             tol=0.0,
             adjoint="phantom",
             phantom_steps=3,
-            train_average=train_average,
+            train_average=train_average if mode == "oder" else 0,
         )
         cost = _training_step_cost(model, op, x, y, x0, repeat, meter)
         with torch.no_grad():
@@ -607,7 +608,8 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     torch.manual_seed(0)
     # every model is tested and costed with the forward iterations it was trained with
     ct_iterations, mri_iterations = _trained_iterations("oder_ct_w30"), _trained_iterations("oder_mri_w4")
-    # ODER's training loss scores the mean of the last this many iterations (as trained; 0: the last)
+    # ODER's training loss scores the mean of the last this many iterations (as trained; 0: the
+    # last); like max_iter, read from the headline width's config and used for every width
     ct_train_average = int(_trained_option("oder_ct_w30", "train_average", 0))
     mri_train_average = int(_trained_option("oder_mri_w4", "train_average", 0))
     n_test = 2 if quick else None  # None: the whole held-out split (CT 29 images, MRI 9)
@@ -708,9 +710,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     def cost(task, setting, op, network, x, snr_db, init_kind, widths, iterations, average, train_average):
         if quick:  # fewer iterations, with the same share of tail averaging
             average = max(1, round(average * QUICK_COST_ITERATIONS / iterations))
-            train_average = train_average and max(
-                1, round(train_average * QUICK_COST_ITERATIONS / iterations)
-            )
+            if train_average:  # at least 1, and fewer than the iterations it replaces the last of
+                scaled = round(train_average * QUICK_COST_ITERATIONS / iterations)
+                train_average = min(QUICK_COST_ITERATIONS - 1, max(1, scaled))
             iterations = QUICK_COST_ITERATIONS
         return _cost_rows(
             task,

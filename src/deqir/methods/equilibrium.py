@@ -21,6 +21,8 @@ and how the map is solved and differentiated:
   per iteration, but its noise vanishes as the iterates converge, so ODER's iteration reaches the
   full-batch fixed point instead of jittering around it. Its stale table entries act like delayed
   gradients, so it needs ``step <= 1`` (the paper's estimator runs at 1.5).
+  ``train_average=k`` makes ODER's training loss score the mean of ``k`` iterations that replace
+  the solve's last ``k`` (no extra operator applications), as test time scores a tail average.
 - ``mode="unfold"`` (RED(Unfold)): ``K`` iterations, backprop through all of them.
 - RED(Denoising) is ``mode="deq"`` with a pretrained denoiser and no fine-tuning.
 
@@ -92,12 +94,16 @@ class REDEquilibrium(nn.Module):
         test_average: ODER without gradients (test time): run this many further iterations
             after the solve and return their mean (tail averaging), which removes most of the
             minibatch noise of the last iterate at ``w/b`` of a full iteration each. ``0``: off.
-        train_average: ODER with gradients (training): the last this many of the ``max_iter``
-            forward iterations are averaged (fresh minibatches, without gradients), so the loss
-            scores a tail average, as validation and test do, instead of one noisy iterate; its
-            gradient is the adjoint's at the solution before them (exact at a deterministic fixed
-            point, where every further iterate equals the solution). A training step applies the
-            operator as often as without it. ``0``: off; must be below ``max_iter``.
+        train_average: ODER with gradients (training): the solver runs ``max_iter − k``
+            iterations, then ``k`` plain iterations (fresh minibatches, without gradients) are
+            averaged, so the loss scores a tail average (as test time does, there after all
+            ``max_iter`` iterations and with ``test_average`` of them) instead of one noisy
+            iterate. The output's gradient is the adjoint's at the solution before them: the
+            plain training gradient, which is what the average's would be if every further
+            iterate equalled the solution. A training step applies the operator as often as
+            without it; ``last_stats`` then counts ``max_iter − k`` iterations. Ignored for a
+            deterministic map (RED(DEQ), RED(Unfold), ``w >= b``). ``0``: off; for ODER it must
+            be below ``max_iter``.
         seed: seed of the minibatch sampler.
     """
 
@@ -155,11 +161,8 @@ class REDEquilibrium(nn.Module):
                 f"test_average and train_average count iterations: use 0 (off) or more; "
                 f"got test_average={test_average}, train_average={train_average}"
             )
-        if int(train_average) >= int(max_iter) and int(train_average) > 0:
-            raise InvalidValueError(
-                f"train_average={train_average} averages the last iterations of the max_iter={max_iter} "
-                f"forward ones: use train_average < max_iter"
-            )
+        if mode == "oder":
+            _check_train_average(int(train_average), int(max_iter))
         if minibatch is not None and int(minibatch) < 1:
             raise InvalidValueError(f"minibatch must be a positive number of blocks; got {minibatch}")
         self.network = network
@@ -308,6 +311,8 @@ class REDEquilibrium(nn.Module):
             # training with a tail average: its iterations are the solve's last ones, so a
             # training step applies the operator as often as the full-batch map's
             averaging = self.train_average > 0 and torch.is_grad_enabled() and getattr(f, "stochastic", False)
+            if averaging:  # max_iter may have been lowered since construction
+                _check_train_average(self.train_average, self.max_iter)
             solver = self._solver(self.max_iter - self.train_average if averaging else None)
         sol = fixed_point(f, x0, solver=solver, adjoint=self._adjoint())
         self.last_stats = sol.stats
@@ -318,18 +323,22 @@ class REDEquilibrium(nn.Module):
         if self.train_average > 0:  # the tail average's value, the solution's gradient
             with torch.no_grad():
                 mean = self._tail_average(f, sol.value.detach(), self.train_average)
-            return sol.value + (mean - sol.value.detach())
+            return mean + (sol.value - sol.value.detach())
         return sol.value
 
     @staticmethod
     def _tail_average(f, z: torch.Tensor, count: int) -> torch.Tensor:
-        """The mean of ``count`` further iterations of ``f`` from ``z`` (``z`` itself when ``count`` is 0)."""
+        """The mean of ``count`` further iterations of ``f`` from ``z`` (``z`` itself when ``count`` is 0),
+        with parametrised weights (spectral norm) computed once for all of them, as in the solve."""
+        from torch.nn.utils import parametrize
+
         if count <= 0:
             return z
         total = torch.zeros_like(z)
-        for _ in range(count):
-            z = f(z)
-            total += z
+        with parametrize.cached():
+            for _ in range(count):
+                z = f(z)
+                total += z
         return total / count
 
     @torch.no_grad()
@@ -348,7 +357,8 @@ class REDEquilibrium(nn.Module):
         w = "all" if self.minibatch is None else self.minibatch
         return (
             f"mode={self.mode}, solver={self.solver_name}, adjoint={self.adjoint_name}, minibatch={w}, "
-            f"estimator={self.estimator}, "
+            f"estimator={self.estimator}, test_average={self.test_average}, "
+            f"train_average={self.train_average}, "
             f"max_iter={self.max_iter}, step={float(self.step):.3g}, tau={float(self.tau):.3g}"
         )
 
@@ -359,6 +369,14 @@ def _check_saga_step(step: float) -> None:
             f"the SAGA estimator's table holds residuals of earlier iterates, which act like delayed "
             f"gradients: steps above {SAGA_MAX_STEP} diverge; the step is {step:.4g}: "
             f"use step <= {SAGA_MAX_STEP} (or estimator='minibatch')"
+        )
+
+
+def _check_train_average(train_average: int, max_iter: int) -> None:
+    if train_average >= max_iter > 0 or (train_average > 0 and max_iter <= 0):
+        raise InvalidValueError(
+            f"train_average={train_average} replaces the last iterations of the max_iter={max_iter} "
+            f"forward ones: use train_average < max_iter"
         )
 
 
