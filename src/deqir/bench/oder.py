@@ -498,7 +498,7 @@ def _cost_rows(
 
     train_iterations = TRAIN_ITERATIONS or iterations or DEFAULT_ITERATIONS
     test_iterations = TEST_ITERATIONS or iterations or DEFAULT_ITERATIONS
-    train_average = min(train_average, train_iterations - 1)  # it replaces the solve's last iterations
+    oder_average = min(train_average, train_iterations - 1)  # it replaces the solve's last iterations
 
     y = _simulate(op, x, snr_db, seed=3)
     x0 = _init(op, y, init_kind)
@@ -515,7 +515,7 @@ def _cost_rows(
             tol=0.0,
             adjoint="phantom",
             phantom_steps=3,
-            train_average=train_average if mode == "oder" else 0,
+            train_average=oder_average if mode == "oder" else 0,
         )
         cost = _training_step_cost(model, op, x, y, x0, repeat, meter)
         with torch.no_grad():
@@ -532,7 +532,7 @@ def _cost_rows(
             w=w,
             b=op.num_blocks,
             iterations=train_iterations,
-            train_average=train_average if mode == "oder" else 0,
+            train_average=model.train_average,
             **cost,
         )
     return out
@@ -710,9 +710,8 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     def cost(task, setting, op, network, x, snr_db, init_kind, widths, iterations, average, train_average):
         if quick:  # fewer iterations, with the same share of tail averaging
             average = max(1, round(average * QUICK_COST_ITERATIONS / iterations))
-            if train_average:  # at least 1, and fewer than the iterations it replaces the last of
-                scaled = round(train_average * QUICK_COST_ITERATIONS / iterations)
-                train_average = min(QUICK_COST_ITERATIONS - 1, max(1, scaled))
+            if train_average:  # at least 1 (_cost_rows keeps it below the iterations)
+                train_average = max(1, round(train_average * QUICK_COST_ITERATIONS / iterations))
             iterations = QUICK_COST_ITERATIONS
         return _cost_rows(
             task,

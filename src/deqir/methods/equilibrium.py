@@ -373,7 +373,7 @@ def _check_saga_step(step: float) -> None:
 
 
 def _check_train_average(train_average: int, max_iter: int) -> None:
-    if train_average >= max_iter > 0 or (train_average > 0 and max_iter <= 0):
+    if train_average > 0 and max_iter <= train_average:
         raise InvalidValueError(
             f"train_average={train_average} replaces the last iterations of the max_iter={max_iter} "
             f"forward ones: use train_average < max_iter"
