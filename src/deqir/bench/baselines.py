@@ -23,8 +23,8 @@ the tuned hyperparameters and their validation PSNR. Summary per task:
 ``<task>_best_pnp_red_method`` (the PnP/RED method with the best validation PSNR: the method is
 chosen on validation like its hyperparameters) and its test ``<task>_best_pnp_red_psnr``,
 ``<task>_pnp_red_best_on_test`` and ``<task>_pnp_red_best_on_test_psnr`` (the best on the test
-images, for reference only), ``<task>_tv_psnr``,
-``<task>_classical_psnr`` (the best classical method), ``<task>_pnp_red_above_tv`` and
+images, for reference only), ``<task>_tv_psnr``, ``<task>_classical_psnr`` (the classical
+method with the best validation PSNR), ``<task>_pnp_red_above_tv`` and
 ``<task>_tv_above_classical`` (1 or 0), ``<task>_pnp_red_minus_tv_se_db`` (the standard error of
 the paired per-image PSNR difference between the best PnP/RED and TV) and ``<task>_test_images``,
 plus ``denoisers_pretrained`` (1 when every task used
@@ -253,14 +253,14 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
     else:
         val = _images(spec["val"], "val", size, setup["val_images"])
         params, val_psnr = {}, {}
-        for method in ("tv", *PNP_RED):
+        for method in (*spec["classical"], "tv", *PNP_RED):  # classical: scored only, nothing to tune
             res = tune_hyperparameters(
                 op,
                 method,
                 val,
                 denoiser=D if method in PNP_RED else None,
-                grid=None if grids is None else grids[method],
-                iterations=iters[method],
+                grid=None if grids is None else grids.get(method),
+                iterations=iters.get(method),
                 seed=1,
                 strategy=setup["strategy"],
                 **noise,
@@ -304,9 +304,9 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
                 "val_psnr": val_psnr.get(method),
             }
         )
-    best_classical = max(spec["classical"], key=lambda k: results[k][0])
-    # the PnP/RED method that goes against TV is chosen on the validation split, like its
-    # hyperparameters (the best one on the test images is reported beside it)
+    # the classical method and the PnP/RED method that go against TV are chosen on the validation
+    # split, like the hyperparameters (the best PnP/RED one on the test images is reported beside it)
+    best_classical = max(spec["classical"], key=lambda k: val_psnr[k])
     best_pnp = max(PNP_RED, key=lambda k: val_psnr[k])
     best_on_test = max(PNP_RED, key=lambda k: results[k][0])
     for row in rows:
