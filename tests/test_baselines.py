@@ -311,9 +311,21 @@ def test_baselines_bench_chooses_the_classical_method_on_validation(monkeypatch)
     monkeypatch.setattr(baselines, "tune_hyperparameters", fake_tuning)
     setup = {**bench.QUICK, "size": 32, "iterations": dict(ITERS)}
     spec = bench.TASKS["mri_single"]
-    out = bench._run_task("mri_single", spec, setup, GaussianSmoother(), "smoother", {})
+    bar = _CountingBar()
+    out = bench._run_task("mri_single", spec, setup, GaussianSmoother(), "smoother", {}, bar=bar)
+    assert bar.n == bench._planned_runs(spec, setup) > len(out["rows"])  # the progress bar ends full
     test_psnr = {r["method"]: r["psnr"] for r in out["rows"]}
     assert test_psnr["tikhonov"] > test_psnr["zero_filled"]  # on test the other one wins
     assert out["summary"]["mri_single_classical_psnr"] == round(test_psnr["zero_filled"], 3)
     chosen = [r["method"] for r in out["rows"] if r["best_in_kind"] and r["kind"] == "classical"]
     assert chosen == ["zero_filled"]
+
+
+class _CountingBar:
+    n = 0
+
+    def update(self, k):
+        self.n += k
+
+    def set_postfix_str(self, text):
+        pass

@@ -43,8 +43,8 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -183,19 +183,23 @@ def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = N
             "torch_threads": torch.get_num_threads(),
         },
     )
+    from tqdm.auto import tqdm
+
     tuned: dict[str, dict[str, dict]] = {}
     figure_rows = []
     pretrained_everywhere = True
+    total = sum(_planned_runs(spec, setup) for spec in TASKS.values())
+    bar = tqdm(total=total, desc="bench baselines", unit="run", file=sys.stderr, smoothing=0.05)
     for task, spec in TASKS.items():
-        print(f"baselines: {task} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
         D, label, pretrained = _denoiser_for(spec["denoiser"], denoiser)
         pretrained_everywhere &= pretrained
         report.config["denoisers"][task] = label
-        outcome = _run_task(task, spec, setup, D, label, tuned)
+        outcome = _run_task(task, spec, setup, D, label, tuned, bar=bar)
         for row in outcome["rows"]:
             report.add_row(**row)
         report.summary.update(outcome["summary"])
         figure_rows.append(outcome["figure"])
+    bar.close()
     report.summary["denoisers_pretrained"] = int(pretrained_everywhere)
     try:
         _save_figure(figure_path, figure_rows)
@@ -239,7 +243,25 @@ def _images(sources: tuple[str, ...], split: str, size: int, count: int) -> torc
     return torch.cat(parts).float()
 
 
-def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
+def _grid_runs(method: str, setup: dict[str, Any]) -> int:
+    """Reconstructions of the validation images that tuning ``method`` runs (at most, for the
+    coordinate search; 1 for a classical method, which is only scored)."""
+    sizes = [len(v) for v in (setup["grids"] or {}).get(method, {}).values()]
+    if setup["strategy"] == "grid":
+        return math.prod(sizes)
+    return max(1, sum(sizes))
+
+
+def _planned_runs(spec: dict[str, Any], setup: dict[str, Any]) -> int:
+    """The progress bar's units for one task: every tuning run plus one test run per method."""
+    methods = (*spec["classical"], "tv", *PNP_RED)
+    tuning = 0 if spec.get("tuned_as") else sum(_grid_runs(m, setup) for m in methods)
+    return tuning + len(methods)
+
+
+def _run_task(task, spec, setup, D, label, tuned, bar=None) -> dict[str, Any]:
+    """Tune (on validation) and test every method of one task; ``bar`` (tqdm) advances by
+    :func:`_planned_runs` units in all."""
     from deqir.bench.common import paired_gap
     from deqir.methods.baselines import run_baseline, simulate, tune_hyperparameters
     from deqir.metrics import compute_metrics
@@ -254,6 +276,8 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
         val = _images(spec["val"], "val", size, setup["val_images"])
         params, val_psnr = {}, {}
         for method in (*spec["classical"], "tv", *PNP_RED):  # classical: scored only, nothing to tune
+            if bar is not None:
+                bar.set_postfix_str(f"{task}: tuning {method}")
             res = tune_hyperparameters(
                 op,
                 method,
@@ -266,12 +290,16 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
                 **noise,
             )
             params[method], val_psnr[method] = res.best, res.best_score
+            if bar is not None:
+                bar.update(_grid_runs(method, setup))
         tuned[task] = {"params": params, "val_psnr": val_psnr}
     truth = _images(spec["test"], "test", size, setup["test_images"])
     y = simulate(op, truth, seed=0, **noise)
     sigma_entry = float((y - op.A(truth)).abs().pow(2).mean().sqrt())
     rows, results, per_image = [], {}, {}
     for method in (*spec["classical"], "tv", *PNP_RED):
+        if bar is not None:
+            bar.set_postfix_str(f"{task}: testing {method}")
         res = run_baseline(
             op,
             y,
@@ -281,6 +309,8 @@ def _run_task(task, spec, setup, D, label, tuned) -> dict[str, Any]:
             iterations=iters.get(method),
             noise_sigma=sigma_entry,
         )
+        if bar is not None:
+            bar.update(1)
         x = res.x.clamp(0, 1)
         m = compute_metrics(x, truth)
         results[method] = (float(m["psnr"].mean()), x)
