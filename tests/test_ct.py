@@ -174,8 +174,6 @@ def test_gradient_through_the_operator(ct128):
 
 def test_matrix_is_cached_by_geometry(monkeypatch):
     # counted builds, not wall-clock time (a busy host made a timing assertion flaky)
-    import deqir.physics.ct as ct_module
-
     builds = []
     build = ct_module._build_joseph
     monkeypatch.setattr(ct_module, "_build_joseph", lambda *a: builds.append(a[:2]) or build(*a))

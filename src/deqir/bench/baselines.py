@@ -189,7 +189,7 @@ def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = N
     figure_rows = []
     pretrained_everywhere = True
     total = sum(_planned_runs(spec, setup) for spec in TASKS.values())
-    bar = tqdm(total=total, desc="bench baselines", unit="run", file=sys.stderr, smoothing=0.05)
+    bar = tqdm(total=total, desc="bench baselines", unit="run", file=sys.stderr, leave=False, smoothing=0.05)
     for task, spec in TASKS.items():
         D, label, pretrained = _denoiser_for(spec["denoiser"], denoiser)
         pretrained_everywhere &= pretrained
@@ -246,7 +246,10 @@ def _images(sources: tuple[str, ...], split: str, size: int, count: int) -> torc
 def _grid_runs(method: str, setup: dict[str, Any]) -> int:
     """Reconstructions of the validation images that tuning ``method`` runs (at most, for the
     coordinate search; 1 for a classical method, which is only scored)."""
-    sizes = [len(v) for v in (setup["grids"] or {}).get(method, {}).values()]
+    from deqir.methods.baselines import DEFAULT_GRIDS
+
+    grids = DEFAULT_GRIDS if setup["grids"] is None else setup["grids"]
+    sizes = [len(v) for v in grids.get(method, {}).values()]
     if setup["strategy"] == "grid":
         return math.prod(sizes)
     return max(1, sum(sizes))
@@ -283,7 +286,7 @@ def _run_task(task, spec, setup, D, label, tuned, bar=None) -> dict[str, Any]:
                 method,
                 val,
                 denoiser=D if method in PNP_RED else None,
-                grid=None if grids is None else grids.get(method),
+                grid=None if grids is None else ({} if method in spec["classical"] else grids[method]),
                 iterations=iters.get(method),
                 seed=1,
                 strategy=setup["strategy"],
