@@ -125,7 +125,7 @@ def test_reconstruct_bad_inputs_say_what_to_change(tmp_path, phantom):
         reconstruct("deblur", tmp_path, image=tmp_path / "corrupt.png", size=32)
 
 
-@pytest.mark.parametrize("command", ["demo", "data", "train", "eval", "reconstruct", "bench"])
+@pytest.mark.parametrize("command", ["demo", "data", "train", "eval", "reconstruct", "bench", "tables"])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output

@@ -48,6 +48,25 @@ def bench(
 
 
 @app.command()
+def tables(
+    report_path: Path = typer.Argument(..., help="A report saved by `deqir bench NAME --json`."),
+) -> None:
+    """Print the README's Markdown tables of a saved benchmark report (benches that have them:
+    oder), so the README's numbers can be regenerated from the committed results."""
+    from deqir.bench import load_bench
+    from deqir.bench.common import load_report
+    from deqir.errors import InvalidValueError
+
+    report = load_report(report_path)
+    module = load_bench(str(report["bench"]))
+    if not hasattr(module, "markdown_tables"):
+        raise InvalidValueError(
+            f"bench {report['bench']!r} has no README tables; `deqir bench` prints its full table"
+        )
+    typer.echo(module.markdown_tables(report))
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("out"), "--out", help="Output folder for figures and tables."),
     size: int = typer.Option(128, "--size", help="Image size in pixels."),

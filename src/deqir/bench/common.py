@@ -130,6 +130,30 @@ class BenchReport:
         return "\n".join(lines)
 
 
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A report saved by ``deqir bench NAME --json PATH``, as a dict (clear errors for a missing,
+    unreadable or foreign file).
+
+    Example:
+        >>> load_report("results/oder.json")["bench"]  # doctest: +SKIP
+        'oder'
+    """
+    from deqir.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no benchmark report at {path}: write one with `deqir bench NAME --json {path}`")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{path} is not a readable JSON benchmark report ({exc}); rerun the benchmark"
+        ) from None
+    if not isinstance(report, dict) or not {"bench", "rows", "summary"} <= report.keys():
+        raise DataError(f"{path} is JSON but not a benchmark report (it needs 'bench', 'rows' and 'summary')")
+    return report
+
+
 def _plain(v: Any) -> Any:
     if hasattr(v, "item") and callable(v.item):
         v = v.item()

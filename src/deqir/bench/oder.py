@@ -868,3 +868,145 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         if path is not None:
             report.config["figure"] = str(path)
     return report
+
+
+# ----------------------------------------------------------------------------- README tables
+# (label, method per task) in the order the README lists them; a task without the method is blank
+QUALITY_LABELS = (
+    ("FBP (Hann) / zero-filled", {"ct": "fbp", "mri": "zero_filled"}),
+    ("TV", {"ct": "tv", "mri": "tv"}),
+    ("RED(Denoising), 100 iterations", {"ct": "red_denoising", "mri": "red_denoising"}),
+    ("RED(Denoising), 250 iterations", {"ct": "red_denoising_250it", "mri": "red_denoising_250it"}),
+    ("RED(Unfold), K = 20 steps", {"ct": "red_unfold"}),
+    ("U-Net on FBP (post-processing)", {"ct": "unet_post"}),
+    ("RED(DEQ) (w = b), 100 iterations", {"ct": "red_deq", "mri": "red_deq"}),
+    (
+        "RED(DEQ) map at its fixed point (Anderson to 1e-6)",
+        {"ct": "red_deq_fixed_point", "mri": "red_deq_fixed_point"},
+    ),
+    (
+        "RED(DEQ) trained and tested with Anderson to 1e-4",
+        {"ct": "red_deq_anderson", "mri": "red_deq_anderson"},
+    ),
+    (
+        "the same map at its fixed point (Anderson to 1e-6)",
+        {"ct": "red_deq_anderson_fixed_point", "mri": "red_deq_anderson_fixed_point"},
+    ),
+    ("RED(DEQ) trained and tested with Anderson to 1e-5 (MRI only)", {"mri": "red_deq_anderson_1e5"}),
+    ("the same map at its fixed point (Anderson to 1e-6)", {"mri": "red_deq_anderson_1e5_fixed_point"}),
+    ("ODER, w = 30 of 90 angles / 4 of 8 coils", {"ct": "oder_w30", "mri": "oder_w4"}),
+    ("ODER, w = 10 of 90 angles / 2 of 8 coils", {"ct": "oder_w10", "mri": "oder_w2"}),
+)
+QUALITY_COLUMNS = (("ct", "test", "CT"), ("ct", "real_ct", "real CT"), ("mri", "test", "MRI"))
+COST_SETTINGS = {
+    "ct_128_90": "CT 128², 90 angles",
+    "ct_256_720": "CT 256², 720 angles",
+    "mri_128_8": "MRI 128², 8 coils",
+}
+
+
+def markdown_tables(report: dict) -> str:
+    """The README's two ODER tables, rendered from a saved report (``results/oder.json``).
+
+    Quality: SNR / PSNR (dB) and SSIM of every method on the CT test split, the real CT slices
+    and the MRI test split, the best SNR of each set in bold. Cost: every costed w of every
+    setting against its full batch (w = b). A row the report lacks is left blank; a method the
+    report has but the labels do not know is listed under its own name, so nothing is dropped.
+
+    Example:
+        >>> import json
+        >>> print(markdown_tables(json.load(open("results/oder.json"))))  # doctest: +SKIP
+    """
+    from deqir.errors import InvalidValueError
+
+    bench = report.get("bench") if isinstance(report, dict) else type(report).__name__
+    rows = report.get("rows") if isinstance(report, dict) else None
+    if bench != "oder" or not isinstance(rows, list):
+        raise InvalidValueError(
+            "markdown_tables needs a report written by `deqir bench oder --json` "
+            f"(bench 'oder' with a list of rows); got {bench!r}"
+        )
+    quality = {(r["task"], r["test_set"], r["method"]): r for r in rows if r.get("section") == "quality"}
+    labels = list(QUALITY_LABELS)
+    known = {(task, m) for _, methods in labels for task, m in methods.items()}
+    for task, _, method in quality:
+        if (task, method) not in known:
+            labels.append((method, {task: method}))
+            known.add((task, method))
+    best = {}
+    for task, test_set, _ in QUALITY_COLUMNS:
+        snrs = [r["snr"] for (t, s, _), r in quality.items() if (t, s) == (task, test_set)]
+        best[(task, test_set)] = max(snrs) if snrs else None
+    head = ["method"]
+    for _, _, name in QUALITY_COLUMNS:
+        head += [f"{name} SNR", f"{name} PSNR", f"{name} SSIM"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for label, methods in labels:
+        cells, any_row = [label], False
+        for task, test_set, _ in QUALITY_COLUMNS:
+            r = quality.get((task, test_set, methods.get(task)))
+            if r is None:
+                cells += ["", "", ""]
+                continue
+            any_row = True
+            snr = f"{r['snr']:.2f}"
+            cells += [
+                f"**{snr}**" if r["snr"] == best[(task, test_set)] else snr,
+                f"{r['psnr']:.2f}",
+                f"{r['ssim']:.4f}",
+            ]
+        if any_row:
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _cost_table(rows)]
+    return "\n".join(lines)
+
+
+def _ratio(row: dict, full: dict, key: str) -> str:
+    return f"{row[key] / full[key]:.2f}" if full[key] else ""
+
+
+def _cost_table(rows: list[dict]) -> str:
+    from deqir.errors import InvalidValueError
+
+    costs = [r for r in rows if r.get("section") == "cost"]
+    head = [
+        "setting",
+        "w / b",
+        "step (s)",
+        "step time / full",
+        "operator share of the step",
+        "operator applications / full",
+        "saved-tensor bytes / full",
+        "peak memory / full",
+        "test (s / image)",
+        "test time / full",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for setting in dict.fromkeys(r["setting"] for r in costs):
+        group = sorted((r for r in costs if r["setting"] == setting), key=lambda r: r["w"])
+        full = next((r for r in group if r["w"] == r["b"]), None)
+        if full is None:
+            raise InvalidValueError(
+                f"cost rows of {setting!r} have no full-batch row (w = b) to compare with"
+            )
+
+        for r in group:
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        COST_SETTINGS.get(setting, setting),
+                        f"{r['w']} / {r['b']}",
+                        f"{r['step_seconds']:.2f}",
+                        _ratio(r, full, "step_seconds"),
+                        f"{r['operator_share']:.2f}",
+                        _ratio(r, full, "operator_block_applications"),
+                        _ratio(r, full, "saved_bytes"),
+                        _ratio(r, full, "peak_bytes"),
+                        f"{r['test_seconds_per_image']:.2f}",
+                        _ratio(r, full, "test_seconds_per_image"),
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines)

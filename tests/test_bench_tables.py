@@ -1,0 +1,150 @@
+"""README tables rendered from saved benchmark reports (``deqir tables``)."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deqir.bench import oder
+from deqir.bench.common import load_report
+from deqir.cli import app
+from deqir.errors import DataError, InvalidValueError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report(**extra_rows):
+    rows = [
+        {
+            "section": "quality",
+            "task": "ct",
+            "test_set": "test",
+            "method": "tv",
+            "snr": 30.0,
+            "psnr": 40.0,
+            "ssim": 0.99,
+        },
+        {
+            "section": "quality",
+            "task": "ct",
+            "test_set": "test",
+            "method": "oder_w30",
+            "snr": 31.5,
+            "psnr": 41.5,
+            "ssim": 0.995,
+        },
+        {
+            "section": "quality",
+            "task": "mri",
+            "test_set": "test",
+            "method": "oder_w4",
+            "snr": 20.0,
+            "psnr": 28.0,
+            "ssim": 0.9,
+        },
+        {
+            "section": "quality",
+            "task": "ct",
+            "test_set": "val",
+            "method": "tv",
+            "snr": 99.0,
+            "psnr": 99.0,
+            "ssim": 1.0,
+        },
+    ]
+    for w, seconds in ((30, 3.0), (90, 6.0)):
+        rows.append(
+            {
+                "section": "cost",
+                "task": "ct",
+                "setting": "ct_128_90",
+                "w": w,
+                "b": 90,
+                "step_seconds": seconds,
+                "operator_share": 0.1 * w / 30,
+                "operator_block_applications": 100 * w,
+                "saved_bytes": 1000,
+                "peak_bytes": 2000 + w,
+                "test_seconds_per_image": seconds / 2,
+            }
+        )
+    return {"bench": "oder", "rows": rows, "summary": {}}
+
+
+def test_readme_shows_the_oder_tables_of_the_committed_report():
+    report = load_report(ROOT / "results" / "oder.json")
+    tables = oder.markdown_tables(report)
+    readme = (ROOT / "README.md").read_text()
+    for table in tables.split("\n\n"):
+        assert table in readme, (
+            "README's ODER tables differ from `deqir tables results/oder.json`: paste its output"
+        )
+
+
+def test_oder_tables_show_every_number_of_the_report_rows():
+    tables = oder.markdown_tables(_report())
+    quality, cost = tables.split("\n\n")
+    lines = quality.splitlines()
+    # ODER's CT and MRI rows share a line; the best SNR of a test set is bold, validation is not shown
+    oder_line = next(line for line in lines if line.startswith("| ODER, w = 30"))
+    assert oder_line.split(" | ")[1:4] == ["**31.50**", "41.50", "0.9950"]
+    assert "**20.00** | 28.00 | 0.9000" in oder_line
+    assert "| TV | 30.00 | 40.00 | 0.9900 |" in quality
+    assert "99.00" not in quality
+    assert not any(line.startswith("| RED(Unfold)") for line in lines)  # absent from the report
+    # cost: each w against the full batch
+    rows = [line.split(" | ") for line in cost.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["30 / 90", "90 / 90"]
+    assert rows[0][2:6] == ["3.00", "0.50", "0.10", "0.33"]
+    assert rows[1][2:6] == ["6.00", "1.00", "0.30", "1.00"]
+
+
+def test_oder_tables_keep_a_method_they_have_no_label_for():
+    report = _report()
+    report["rows"].append(
+        {
+            "section": "quality",
+            "task": "ct",
+            "test_set": "test",
+            "method": "oder_w45",
+            "snr": 1.0,
+            "psnr": 2.0,
+            "ssim": 0.5,
+        }
+    )
+    assert "| oder_w45 | 1.00 | 2.00 | 0.5000 |" in oder.markdown_tables(report)
+
+
+def test_oder_tables_refuse_other_reports_and_costs_without_a_full_batch():
+    with pytest.raises(InvalidValueError, match="deqir bench oder"):
+        oder.markdown_tables({"bench": "idt", "rows": [], "summary": {}})
+    with pytest.raises(InvalidValueError, match="deqir bench oder"):
+        oder.markdown_tables([1, 2])
+    report = copy.deepcopy(_report())
+    report["rows"] = [r for r in report["rows"] if r.get("w") != 90]
+    with pytest.raises(InvalidValueError, match="w = b"):
+        oder.markdown_tables(report)
+
+
+def test_load_report_names_what_is_wrong_with_the_file(tmp_path):
+    with pytest.raises(DataError, match="no benchmark report"):
+        load_report(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text('{"bench": ')
+    with pytest.raises(DataError, match="not a readable JSON"):
+        load_report(tmp_path / "broken.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a benchmark report"):
+        load_report(tmp_path / "list.json")
+
+
+def test_cli_tables_prints_the_tables_and_refuses_benches_without_them(tmp_path):
+    (tmp_path / "oder.json").write_text(json.dumps(_report()))
+    result = CliRunner().invoke(app, ["tables", str(tmp_path / "oder.json")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == oder.markdown_tables(_report())
+    (tmp_path / "idt.json").write_text(json.dumps({"bench": "idt", "rows": [], "summary": {}}))
+    result = CliRunner().invoke(app, ["tables", str(tmp_path / "idt.json")])
+    assert isinstance(result.exception, InvalidValueError)
+    assert "no README tables" in str(result.exception)
