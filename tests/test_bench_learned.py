@@ -243,3 +243,29 @@ def test_memory_worker_that_never_answers_gives_a_clear_error(monkeypatch):
                 os.kill(pid, signal.SIGCONT)
         meter.timeout_s = 20.0  # the worker resumes, answers the late request, then this one
         assert meter.step(model, op, x, op.A(x), op.A_adjoint(op.A(x)))["saved_bytes"] > 0
+
+
+def test_oder_bench_gap_by_source_averages_within_each_group():
+    from deqir.bench.oder import gap_by_source
+
+    a, b = torch.tensor([33.0, 30.0, 35.0, 31.0]), torch.tensor([32.0, 31.0, 33.0, 31.5])
+    out = gap_by_source(a, b, {"ellipses": [0, 2], "nilearn": [1, 3]})
+    assert out == {"ellipses": {"images": 2, "db": 1.5}, "nilearn": {"images": 2, "db": -0.75}}
+
+
+def test_oder_bench_tests_replicates_with_the_solver_of_the_model_they_repeat():
+    from deqir.bench import oder
+    from deqir.methods.equilibrium import REDEquilibrium
+
+    model = REDEquilibrium(torch.nn.Conv2d(1, 1, 3, padding=1), mode="deq", solver="anderson", max_iter=7)
+    full = oder._as_tested(model, None, 12, 50)
+    assert (full.mode, full.solver_name, full.max_iter, full.minibatch, full.tol) == (
+        "deq",
+        "nesterov",
+        12,
+        None,
+        0.0,
+    )
+    minibatch = oder._as_tested(model, 30, 12, 50)
+    assert (minibatch.mode, minibatch.minibatch, minibatch.test_average) == ("oder", 30, 50)
+    assert oder._as_tested(model, 30, 12, None).test_average == oder.TEST_AVERAGE

@@ -32,6 +32,10 @@ and tested with that solver; ``red_deq_anderson_fixed_point`` solves the same ma
 ``{ct,mri}_anderson_minus_red_deq_db`` with the fixed-count RED(DEQ), and
 ``{ct,mri}_anderson_fixed_point_minus_trained_tolerance_db`` say whether it is an equilibrium model.
 On MRI, ``red_deq_anderson_1e5`` is the same trained to 1e-5 (``mri_*anderson_1e5*`` keys).
+``ct_snr_gap_by_source`` splits the CT target gap by image source; ``red_deq_seed1`` and
+``oder_w30_seed1`` are the two models trained again with seed 1 (``configs/*_seed1.yaml``), and
+``ct_snr_gap_by_seed_db`` gives the target gap for each training seed, which the per-image
+standard errors do not include (full run only).
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -76,6 +80,8 @@ CT_RUNS = (
     "oder_ct_w10",
     "oder_ct_unfold",
     "oder_ct_unet_post",
+    "oder_ct_red_deq_seed1",
+    "oder_ct_w30_seed1",
 )
 MRI_RUNS = (
     "oder_mri_prior",
@@ -139,6 +145,16 @@ def _sources(source: str, split: str, count: int | None, size: int = 128) -> dic
     return groups
 
 
+def gap_by_source(a: torch.Tensor, b: torch.Tensor, groups: dict[str, list[int]]) -> dict[str, dict]:
+    """Mean per-image difference ``a - b`` (dB) within each group of image indices.
+
+    Example:
+        >>> gap_by_source(torch.tensor([3.0, 1.0, 2.0]), torch.zeros(3), {"ellipses": [0, 2], "nilearn": [1]})
+        {'ellipses': {'images': 2, 'db': 2.5}, 'nilearn': {'images': 1, 'db': 1.0}}
+    """
+    return {name: {"images": len(idx), "db": float((a[idx] - b[idx]).mean())} for name, idx in groups.items()}
+
+
 def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
     from deqir.methods.baselines import simulate
 
@@ -168,6 +184,16 @@ def _configure(
     model.minibatch = minibatch
     model._sampler = None
     return model
+
+
+def _as_tested(model, w: int | None, iterations: int, average: int | None):
+    """``model`` set up for the paper's test solver: Nesterov with a fixed number of iterations,
+    over all blocks (``w=None``: RED(DEQ)) or over minibatches of ``w`` then tail averaging (ODER)."""
+    if w is None:
+        return _configure(model, mode="deq", solver="nesterov", iterations=iterations, tol=0.0)
+    return _configure(
+        model, mode="oder", solver="nesterov", iterations=iterations, minibatch=w, average=average
+    )
 
 
 def _reconstruct(model, op, y, x0) -> tuple[torch.Tensor, float]:
@@ -278,11 +304,14 @@ def _quality(
     quick: bool = False,
     per_image: dict[str, dict[str, torch.Tensor]] | None = None,
     average: int | None = None,
+    replicates: dict[str, tuple[str, int | None]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every method on every test set; returns the mean SNR per set and method.
 
     ``per_image`` (when given) receives each image's SNR per set and method, for paired
-    statistics (:func:`paired_gap`).
+    statistics (:func:`paired_gap`). ``replicates`` maps a row name to a shipped model trained
+    with another seed and its w (``None``: the full batch), tested like the model it repeats; the
+    full run scores those that are shipped (how much a gap moves between training seeds).
     """
     from deqir.methods.baselines import run_baseline, tune_hyperparameters
     from deqir.metrics import compute_metrics
@@ -309,6 +338,12 @@ def _quality(
     if not quick:
         red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, long_iterations)
     models = {v: load_shipped(names[v]) for v in variants}
+    replicates = {
+        row: (name, w)
+        for row, (name, w) in (replicates or {}).items()
+        if not quick and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
+    }
+    replicate_models = {row: load_shipped(name) for row, (name, _) in replicates.items()}
     # RED(DEQ) trained with Anderson to a tolerance in every step (its config's solver), tested
     # with that solver and at its fixed point; the full run only (not within --quick's minute)
     # (row name -> shipped weights: red_deq_anderson, trained to 1e-4, and red_deq_anderson_1e5)
@@ -329,6 +364,7 @@ def _quality(
         "red_unfold": names.get("unfold"),
         "unet_post": names.get("unet_post"),
         **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
+        **{row: name for row, (name, _) in replicates.items()},
     }
     train_steps = {method: _train_steps(name) for method, name in shipped.items()}
     results: dict[str, dict[str, float]] = {}
@@ -350,25 +386,20 @@ def _quality(
         for v, w in variants.items():
             m = models[v]
             if w is None:  # the full-batch map (w = b): the ODER test solver, and Anderson to a tolerance
-                recs["red_deq"] = _reconstruct(
-                    _configure(m, mode="deq", solver="nesterov", iterations=iterations, tol=0.0),
-                    op,
-                    y,
-                    x0,
-                )
+                recs["red_deq"] = _reconstruct(_as_tested(m, None, iterations, average), op, y, x0)
                 if not quick:
                     recs["red_deq_fixed_point"], solves[("red_deq_fixed_point", set_name)] = (
                         _solve_to_fixed_point(m, op, y, x0)
                     )
             else:
-                recs[f"oder_w{w}"] = _reconstruct(
-                    _configure(
-                        m, mode="oder", solver="nesterov", iterations=iterations, minibatch=w, average=average
-                    ),
-                    op,
-                    y,
-                    x0,
-                )
+                recs[f"oder_w{w}"] = _reconstruct(_as_tested(m, w, iterations, average), op, y, x0)
+        for row, (
+            _,
+            w,
+        ) in replicates.items():  # on their own random stream: the other rows' draws stay as they were
+            with torch.random.fork_rng():
+                torch.manual_seed(int.from_bytes(row.encode(), "little") % 2**31)
+                recs[row] = _reconstruct(_as_tested(replicate_models[row], w, iterations, average), op, y, x0)
         for key, (as_trained, to_fixed_point) in anderson_models.items():
             # with its training solver (the model's config), then on to the fixed point
             recs[key], solves[(key, set_name)] = _solve_recording_stops(as_trained, op, y, x0)
@@ -685,6 +716,12 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         "unfold": "oder_ct_unfold",
         "unet_post": "oder_ct_unet_post",
     }
+    # RED(DEQ) and ODER (w = 30) trained again with seed 1 (full run only): the gap's spread
+    # over training seeds, which the per-image standard errors do not include
+    ct_replicates = {
+        "red_deq_seed1": ("oder_ct_red_deq_seed1", None),
+        "oder_w30_seed1": ("oder_ct_w30_seed1", 30),
+    }
     ct_q = _quality(
         "ct",
         ct,
@@ -698,6 +735,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         figure,
         quick,
         per_image["ct"],
+        replicates=ct_replicates,
     )
     report.config["real_ct_images"] = real_keys
     bar.update(1)
@@ -799,11 +837,22 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     s["ct_oder_minus_red_denoising_db"] = m["oder_w30"] - m["red_denoising"]
     s["ct_oder_minus_tv_db"] = m["oder_w30"] - m["tv"]
     s["ct_oder_minus_tv_se_db"] = paired_gap(ct_i["oder_w30"], ct_i["tv"])[1]
-    s["ct_oder_minus_tv_by_source"] = {
-        name: {"images": len(idx), "db": float((ct_i["oder_w30"][idx] - ct_i["tv"][idx]).mean())}
-        for name, idx in _sources("ct_phantoms+brain", "test", n_test).items()
-    }
+    groups = _sources("ct_phantoms+brain", "test", n_test)
+    s["ct_oder_minus_tv_by_source"] = gap_by_source(ct_i["oder_w30"], ct_i["tv"], groups)
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
+    s["ct_snr_gap_by_source"] = gap_by_source(ct_i["red_deq"], ct_i["oder_w30"], groups)
+    if "red_deq_seed1" in m and "oder_w30_seed1" in m:  # the same gap between models of training seed 1
+        gaps = {"0": s["ct_snr_gap_db"], "1": m["red_deq_seed1"] - m["oder_w30_seed1"]}
+        s["ct_snr_gap_by_seed_db"] = gaps
+        s["ct_snr_gap_seed1_se_db"] = paired_gap(ct_i["red_deq_seed1"], ct_i["oder_w30_seed1"])[1]
+        s["ct_snr_gap_seed_mean_db"] = statistics.fmean(gaps.values())
+        s["ct_snr_gap_seed1_by_source"] = gap_by_source(ct_i["red_deq_seed1"], ct_i["oder_w30_seed1"], groups)
+        if "val" in ct_q:
+            v = ct_q["val"]
+            s["ct_val_snr_gap_by_seed_db"] = {
+                "0": v["red_deq"] - v["oder_w30"],
+                "1": v["red_deq_seed1"] - v["oder_w30_seed1"],
+            }
     if "real_ct" in ct_q:
         s["real_ct_snr_gap_db"] = ct_q["real_ct"]["red_deq"] - ct_q["real_ct"]["oder_w30"]
     s["cost_batch"] = cost_batch
@@ -896,6 +945,8 @@ QUALITY_LABELS = (
     ("the same map at its fixed point (Anderson to 1e-6)", {"mri": "red_deq_anderson_1e5_fixed_point"}),
     ("ODER, w = 30 of 90 angles / 4 of 8 coils", {"ct": "oder_w30", "mri": "oder_w4"}),
     ("ODER, w = 10 of 90 angles / 2 of 8 coils", {"ct": "oder_w10", "mri": "oder_w2"}),
+    ("RED(DEQ) (w = b), training seed 1", {"ct": "red_deq_seed1"}),
+    ("ODER, w = 30 of 90 angles, training seed 1", {"ct": "oder_w30_seed1"}),
 )
 QUALITY_COLUMNS = (("ct", "test", "CT"), ("ct", "real_ct", "real CT"), ("mri", "test", "MRI"))
 COST_SETTINGS = {
