@@ -152,6 +152,37 @@ def test_cli_bench_saves_the_report_with_its_wall_time(tmp_path, monkeypatch):
     assert saved["machine"]["wall_seconds"] >= 0.2
 
 
+def test_cli_bench_writes_the_figure_beside_the_report(tmp_path, monkeypatch):
+    import types
+
+    import deqir.bench
+    from deqir.bench.common import BenchReport
+
+    calls = []
+
+    def drawing_run(quick=False, figure_path=None):
+        calls.append(figure_path)
+        return BenchReport("fake")
+
+    monkeypatch.setattr(deqir.bench, "load_bench", lambda name: types.SimpleNamespace(run=drawing_run))
+    result = CliRunner().invoke(app, ["bench", "fake", "--json", str(tmp_path / "trial" / "r.json")])
+    assert result.exit_code == 0, result.output
+    # not the committed results/fake.png the bench would use on its own
+    assert calls == [tmp_path / "trial" / "r.png"]
+    result = CliRunner().invoke(app, ["bench", "fake"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1] is None  # no report path: the bench keeps its own default
+
+
+@pytest.mark.parametrize("name", ["baselines", "oder", "elder", "luser", "idt"])
+def test_benches_that_draw_accept_a_figure_path(name):
+    import inspect
+
+    from deqir.bench import load_bench
+
+    assert "figure_path" in inspect.signature(load_bench(name).run).parameters
+
+
 def test_cli_data_builds_a_cached_split(tmp_path):
     result = CliRunner().invoke(
         app, ["data", "--size", "32", "--cache-dir", str(tmp_path), "--source", "ct_phantoms"]

@@ -31,10 +31,9 @@ plus ``denoisers_pretrained`` (1 when every task used
 deqir's shipped denoisers).
 
 Figure: one PNG grid (rows: tasks; columns: ground truth, best classical, TV, best PnP/RED,
-its error). The bench cannot see the ``--json`` path the CLI saves to, so it reads it from the
-command line when present (``--json out/x.json`` gives ``out/x.png``), and otherwise writes
-``results/baselines.png`` (``results/baselines_quick.png`` with ``quick``); the path is in
-``config["figure"]``.
+its error), written to ``figure_path``: ``deqir bench baselines --json out/x.json`` gives
+``out/x.png``; without a path, ``results/baselines.png`` (``results/baselines_quick.png`` with
+``quick``). The path is in ``config["figure"]``.
 
 Example:
     $ deqir bench baselines --quick --json results/baselines_quick.json
@@ -146,14 +145,15 @@ QUICK = {
 }
 
 
-def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = None) -> BenchReport:
+def run(quick: bool = False, denoiser: Any = None, figure_path: str | Path | None = None) -> BenchReport:
     """Run the benchmark (``quick``: 64², one validation and one test image per task, short grids).
 
     Args:
         quick: the reduced version (under a minute).
         denoiser: use this denoiser (name, module or callable) for every task instead of the
             domain's pretrained one.
-        figure: where to write the PNG grid (default: see the module docstring).
+        figure_path: where to write the PNG grid (default ``results/baselines.png``, or
+            ``results/baselines_quick.png`` with ``quick``).
 
     Example:
         >>> from deqir.bench.baselines import run
@@ -163,7 +163,9 @@ def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = N
     """
     setup = QUICK if quick else FULL
     size = setup["size"]
-    figure_path = _figure_path(quick) if figure is None else Path(figure)
+    if figure_path is None:
+        figure_path = Path("results") / ("baselines_quick.png" if quick else "baselines.png")
+    figure_path = Path(figure_path)
     report = BenchReport(
         "baselines",
         config={
@@ -209,15 +211,6 @@ def run(quick: bool = False, denoiser: Any = None, figure: str | Path | None = N
 
 
 # --------------------------------------------------------------------------- pieces
-def _figure_path(quick: bool) -> Path:
-    argv = sys.argv
-    if "--json" in argv:
-        i = argv.index("--json")
-        if i + 1 < len(argv):
-            return Path(argv[i + 1]).with_suffix(".png")
-    return Path("results") / ("baselines_quick.png" if quick else "baselines.png")
-
-
 def _denoiser_for(domain: str, override: Any) -> tuple[Any, str, bool]:
     """The task's denoiser, its label and whether it is deqir's shipped one."""
     from deqir.errors import DeqirError
