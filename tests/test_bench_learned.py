@@ -144,7 +144,7 @@ def test_luser_bench_reports_missing_weights_as_rows(monkeypatch, tmp_path):
     assert report.summary["tasks"] == 0
 
 
-def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
+def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path, capsys):
     from deqir.bench import idt, oder
 
     monkeypatch.setattr(idt, "SIZE", 32)
@@ -162,6 +162,29 @@ def test_idt_bench_end_to_end_on_a_small_grid(monkeypatch, tmp_path):
     methods = {r["method"] for r in report.rows if r.get("section") == "quality"}
     assert {"tikhonov", "tv", "red_denoising", "red_deq", "oder_w24"} <= methods
     assert (tmp_path / "idt.png").stat().st_size > 0
+    # progress names each tuning, reconstruction and costed width while it runs
+    progress = capsys.readouterr().err
+    for shown in (
+        "idt tuning on validation",
+        "idt test",
+        "oder_w24",
+        "red_denoising",
+        "w=24 of 72",
+        "w=72 of 72",
+    ):
+        assert shown in progress, shown
+
+
+def test_run_jobs_runs_in_order_and_shows_each_job(capsys):
+    from deqir.bench.common import run_jobs
+
+    order = []
+    results = run_jobs(
+        [("first", lambda: order.append(1) or "a"), ("second", lambda: order.append(2) or "b")], "jobs"
+    )
+    assert results == {"first": "a", "second": "b"} and order == [1, 2]
+    progress = capsys.readouterr().err
+    assert "jobs" in progress and "first" in progress and "second" in progress and "/2 " in progress
 
 
 def test_oder_bench_solves_the_full_batch_map_to_its_fixed_point():

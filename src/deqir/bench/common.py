@@ -130,6 +130,26 @@ class BenchReport:
         return "\n".join(lines)
 
 
+def run_jobs(jobs: list[tuple[str, Callable[[], Any]]], desc: str) -> dict[str, Any]:
+    """Run named jobs in order under a progress bar (rate, ETA, the job now running) on stderr.
+
+    Example:
+        >>> run_jobs([("a", lambda: 1), ("b", lambda: 2)], "demo")
+        {'a': 1, 'b': 2}
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    results: dict[str, Any] = {}
+    with tqdm(total=len(jobs), desc=desc, unit="run", file=sys.stderr, leave=False) as bar:
+        for name, job in jobs:
+            bar.set_postfix_str(name)
+            results[name] = job()
+            bar.update(1)
+    return results
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     """A report saved by ``deqir bench NAME --json PATH``, as a dict (clear errors for a missing,
     unreadable or foreign file).

@@ -87,7 +87,7 @@ def _run(quick: bool, figure_path: str | Path | None, meter: IsolatedMemory) -> 
             "peak_memory": "measured in a worker process with an exact allocator (IsolatedMemory)",
         },
     )
-    bar = tqdm(total=2, desc="bench idt", file=sys.stderr, leave=False)
+    bar = tqdm(total=2, desc="bench idt", unit="stage", file=sys.stderr, leave=False)
     op = build_operator("idt", SIZE, num_slices=SLICES)
     figure: dict = {}
     names = {"prior": "oder_idt_prior", "red_deq": "oder_idt_red_deq", "w24": "oder_idt_w24"}

@@ -57,6 +57,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,6 +71,7 @@ from deqir.bench.common import (
     load_shipped,
     mean_scores,
     paired_gap,
+    run_jobs,
     split_images,
 )
 
@@ -290,6 +293,43 @@ def _train_steps(name: str | None) -> int | None:
     return (_shipped_config(name).get("train") or {}).get("steps")
 
 
+def _replicate(row: str, model, w, iterations, average, op, y, x0) -> tuple[torch.Tensor, float]:
+    """A model trained with another seed, tested on its own random stream (seeded by its row
+    name), so the other rows' minibatch draws stay as they were."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int.from_bytes(row.encode(), "little") % 2**31)
+        return _reconstruct_as_tested(model, w, iterations, average, op, y, x0)
+
+
+def _reconstruct_as_tested(model, w, iterations, average, op, y, x0) -> tuple[torch.Tensor, float]:
+    """Set ``model`` up for the test solver (:func:`_as_tested`), then reconstruct, seconds per image."""
+    return _reconstruct(_as_tested(model, w, iterations, average), op, y, x0)
+
+
+def _timed_baseline(op, y, method: str, **options) -> tuple[torch.Tensor, float]:
+    """A classical or TV reconstruction (:func:`run_baseline`) with its seconds per image."""
+    from deqir.methods.baselines import run_baseline
+
+    t0 = time.perf_counter()
+    x = run_baseline(op, y, method, **options).x
+    return x, (time.perf_counter() - t0) / y.shape[0]
+
+
+def _recording(solves: dict, key: tuple[str, str], solve: Callable, model, op, y, x0):
+    """``solve(model, op, y, x0)`` for an Anderson solve that also reports how it ended; the report
+    goes to ``solves[key]`` (key: method and test set) and the reconstruction is returned."""
+    result, solves[key] = solve(model, op, y, x0)
+    return result
+
+
+def _post_process(model, x0: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A post-processing network applied to the initial reconstruction, with seconds per image."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(x0)
+    return out, (time.perf_counter() - t0) / x0.shape[0]
+
+
 def _quality(
     task: str,
     op,
@@ -313,7 +353,7 @@ def _quality(
     with another seed and its w (``None``: the full batch), tested like the model it repeats; the
     full run scores those that are shipped (how much a gap moves between training seeds).
     """
-    from deqir.methods.baselines import run_baseline, tune_hyperparameters
+    from deqir.methods.baselines import tune_hyperparameters
     from deqir.metrics import compute_metrics
 
     classical = {"fbp": "fbp", "zero_filled": "zero_filled"}.get(init_kind, "tikhonov")
@@ -322,21 +362,46 @@ def _quality(
     # --quick: a 3-point TV grid and 60 iterations (the full run: the default 9-point grid, 200)
     tv_iterations = 60 if quick else None
     tv_grid = {"grid": {"lam": QUICK_TV_GRID}} if quick else {}
-    tv = tune_hyperparameters(
-        op, "tv", val_x, noise_snr_db=snr_db, seed=1, iterations=tv_iterations, **tv_grid
-    )
     # every RED variant is solved with the iterations the task's models were trained with;
     # RED(Denoising) also with a longer solve, to show what the pretrained prior alone reaches
     iterations = TEST_ITERATIONS or _trained_iterations(names.get("red_deq"))
     long_iterations = max(100, round(LONG_SOLVE_FACTOR * iterations))
     long_name = f"red_denoising_{long_iterations}it"
     prior = load_shipped(names["prior"])
-    red_den, tau = _red_denoising(
-        prior, op, val_x, val_y, val_x0, iterations, taus=QUICK_TAUS if quick else None
-    )
-    red_den_long = tau_long = None
+    tuning = [
+        (
+            "tv",
+            partial(
+                tune_hyperparameters,
+                op,
+                "tv",
+                val_x,
+                noise_snr_db=snr_db,
+                seed=1,
+                iterations=tv_iterations,
+                **tv_grid,
+            ),
+        ),
+        (
+            "red_denoising",
+            partial(
+                _red_denoising,
+                prior,
+                op,
+                val_x,
+                val_y,
+                val_x0,
+                iterations,
+                taus=QUICK_TAUS if quick else None,
+            ),
+        ),
+    ]
     if not quick:
-        red_den_long, tau_long = _red_denoising(prior, op, val_x, val_y, val_x0, long_iterations)
+        tuning.append((long_name, partial(_red_denoising, prior, op, val_x, val_y, val_x0, long_iterations)))
+    tuned = run_jobs(tuning, f"{task} tuning on validation")
+    tv = tuned["tv"]
+    red_den, tau = tuned["red_denoising"]
+    red_den_long, tau_long = tuned.get(long_name, (None, None))
     models = {v: load_shipped(names[v]) for v in variants}
     replicates = {
         row: (name, w)
@@ -374,47 +439,77 @@ def _quality(
             continue
         y = _simulate(op, x, snr_db, seed=2)
         x0 = _init(op, y, init_kind)
-        recs: dict[str, tuple[torch.Tensor, float]] = {}
-        t0 = time.perf_counter()
-        recs[classical] = (run_baseline(op, y, classical).x, (time.perf_counter() - t0) / x.shape[0])
-        t0 = time.perf_counter()
-        tv_x = run_baseline(op, y, "tv", params=tv.best, iterations=tv_iterations).x
-        recs["tv"] = (tv_x, (time.perf_counter() - t0) / x.shape[0])
-        recs["red_denoising"] = _reconstruct(red_den, op, y, x0)
+        # every reconstruction of this set, in a fixed order (ODER's minibatches come from the
+        # global random stream, so the order decides each row's draws), run under one progress bar
+        jobs: list[tuple[str, Callable[[], tuple[torch.Tensor, float]]]] = []
+        jobs.append((classical, partial(_timed_baseline, op, y, classical)))
+        jobs.append(("tv", partial(_timed_baseline, op, y, "tv", params=tv.best, iterations=tv_iterations)))
+        jobs.append(("red_denoising", partial(_reconstruct, red_den, op, y, x0)))
         if red_den_long is not None:
-            recs[long_name] = _reconstruct(red_den_long, op, y, x0)
+            jobs.append((long_name, partial(_reconstruct, red_den_long, op, y, x0)))
         for v, w in variants.items():
             m = models[v]
             if w is None:  # the full-batch map (w = b): the ODER test solver, and Anderson to a tolerance
-                recs["red_deq"] = _reconstruct(_as_tested(m, None, iterations, average), op, y, x0)
+                jobs.append(
+                    ("red_deq", partial(_reconstruct_as_tested, m, None, iterations, average, op, y, x0))
+                )
                 if not quick:
-                    recs["red_deq_fixed_point"], solves[("red_deq_fixed_point", set_name)] = (
-                        _solve_to_fixed_point(m, op, y, x0)
+                    jobs.append(
+                        (
+                            "red_deq_fixed_point",
+                            partial(
+                                _recording,
+                                solves,
+                                ("red_deq_fixed_point", set_name),
+                                _solve_to_fixed_point,
+                                m,
+                                op,
+                                y,
+                                x0,
+                            ),
+                        )
                     )
             else:
-                recs[f"oder_w{w}"] = _reconstruct(_as_tested(m, w, iterations, average), op, y, x0)
-        for row, (
-            _,
-            w,
-        ) in replicates.items():  # on their own random stream: the other rows' draws stay as they were
-            with torch.random.fork_rng():
-                torch.manual_seed(int.from_bytes(row.encode(), "little") % 2**31)
-                recs[row] = _reconstruct(_as_tested(replicate_models[row], w, iterations, average), op, y, x0)
+                jobs.append(
+                    (f"oder_w{w}", partial(_reconstruct_as_tested, m, w, iterations, average, op, y, x0))
+                )
+        for row, (_, w) in replicates.items():
+            jobs.append(
+                (row, partial(_replicate, row, replicate_models[row], w, iterations, average, op, y, x0))
+            )
         for key, (as_trained, to_fixed_point) in anderson_models.items():
             # with its training solver (the model's config), then on to the fixed point
-            recs[key], solves[(key, set_name)] = _solve_recording_stops(as_trained, op, y, x0)
-            recs[f"{key}_fixed_point"], solves[(f"{key}_fixed_point", set_name)] = _solve_to_fixed_point(
-                to_fixed_point, op, y, x0
+            jobs.append(
+                (
+                    key,
+                    partial(
+                        _recording, solves, (key, set_name), _solve_recording_stops, as_trained, op, y, x0
+                    ),
+                )
+            )
+            jobs.append(
+                (
+                    f"{key}_fixed_point",
+                    partial(
+                        _recording,
+                        solves,
+                        (f"{key}_fixed_point", set_name),
+                        _solve_to_fixed_point,
+                        to_fixed_point,
+                        op,
+                        y,
+                        x0,
+                    ),
+                )
             )
         for extra in ("unfold", "unet_post"):
             if extra in names and (WEIGHTS_DIR / f"{names[extra]}.safetensors").is_file():
                 model = load_shipped(names[extra])
                 if extra == "unfold":
-                    recs["red_unfold"] = _reconstruct(model, op, y, x0)
+                    jobs.append(("red_unfold", partial(_reconstruct, model, op, y, x0)))
                 else:
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        recs["unet_post"] = (model(x0), (time.perf_counter() - t0) / x.shape[0])
+                    jobs.append(("unet_post", partial(_post_process, model, x0)))
+        recs = run_jobs(jobs, f"{task} {set_name}")
         for method, (out, seconds) in recs.items():
             scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
             s = {k: float(scores[k].mean()) for k in ("snr", "psnr", "ssim")}
@@ -525,6 +620,8 @@ def _cost_rows(
     reconstruction; :data:`TRAIN_ITERATIONS` / :data:`TEST_ITERATIONS` override it when set. The
     test time includes ODER's tail averaging (``average``, default :data:`TEST_AVERAGE`), and
     ODER's training step the averaged iterations its loss scores (``train_average``)."""
+    from tqdm.auto import tqdm
+
     from deqir.methods.equilibrium import REDEquilibrium
 
     train_iterations = TRAIN_ITERATIONS or iterations or DEFAULT_ITERATIONS
@@ -534,7 +631,9 @@ def _cost_rows(
     y = _simulate(op, x, snr_db, seed=3)
     x0 = _init(op, y, init_kind)
     out = {}
-    for w in widths:
+    bar = tqdm(widths, desc=f"{setting} cost", unit="w", file=sys.stderr, leave=False)
+    for w in bar:
+        bar.set_postfix_str(f"w={w} of {op.num_blocks}")
         mode = "deq" if w == op.num_blocks else "oder"
         model = REDEquilibrium(
             net,
@@ -682,7 +781,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "saved_bytes": "distinct storages autograd keeps between forward and backward",
         },
     )
-    bar = tqdm(total=5, desc="bench oder", file=sys.stderr, leave=False)
+    bar = tqdm(total=5, desc="bench oder", unit="stage", file=sys.stderr, leave=False)
     figure: dict = {}
     costs: dict = {}
     per_image: dict[str, dict[str, dict[str, torch.Tensor]]] = {"ct": {}, "mri": {}}
