@@ -184,6 +184,8 @@ def test_run_jobs_runs_in_order_and_shows_each_job(capsys):
     )
     assert results == {"first": "a", "second": "b"} and order == [1, 2]
     progress = capsys.readouterr().err
+    with pytest.raises(ValueError, match="unique"):
+        run_jobs([("same", lambda: 1), ("same", lambda: 2)], "jobs")
     assert "jobs" in progress and "first" in progress and "second" in progress and "/2 " in progress
 
 

@@ -34,19 +34,19 @@ def bench(
     json_path: Path = typer.Option(None, "--json", help="Where to save the JSON report."),
 ) -> None:
     """Run a benchmark, print its table and optionally save the JSON report (with the run's
-    wall time in ``machine.wall_seconds``); a bench that draws a figure writes it beside the
-    report (``--json out/x.json`` gives ``out/x.png``), so a trial run never overwrites the
-    committed ``results/`` figure."""
+    wall time in ``machine.wall_seconds``); with ``--json``, a bench that draws a figure writes
+    it beside the report (``--json out/x.json`` gives ``out/x.png``), without it to the bench's
+    default (``results/NAME.png``)."""
     import inspect
     import time
 
     from deqir.bench import load_bench
 
+    start = time.perf_counter()
     bench_module = load_bench(name)
     options: dict = {"quick": quick}
     if json_path is not None and "figure_path" in inspect.signature(bench_module.run).parameters:
         options["figure_path"] = json_path.with_suffix(".png")
-    start = time.perf_counter()
     report = bench_module.run(**options)
     report.machine["wall_seconds"] = round(time.perf_counter() - start, 1)
     typer.echo(report.table())

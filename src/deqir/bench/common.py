@@ -141,6 +141,9 @@ def run_jobs(jobs: list[tuple[str, Callable[[], Any]]], desc: str) -> dict[str, 
 
     from tqdm.auto import tqdm
 
+    names = [name for name, _ in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"job names must be unique (each names its result); got {names}")
     results: dict[str, Any] = {}
     with tqdm(total=len(jobs), desc=desc, unit="run", file=sys.stderr, leave=False) as bar:
         for name, job in jobs:

@@ -293,14 +293,6 @@ def _train_steps(name: str | None) -> int | None:
     return (_shipped_config(name).get("train") or {}).get("steps")
 
 
-def _replicate(row: str, model, w, iterations, average, op, y, x0) -> tuple[torch.Tensor, float]:
-    """A model trained with another seed, tested on its own random stream (seeded by its row
-    name), so the other rows' minibatch draws stay as they were."""
-    with torch.random.fork_rng():
-        torch.manual_seed(int.from_bytes(row.encode(), "little") % 2**31)
-        return _reconstruct_as_tested(model, w, iterations, average, op, y, x0)
-
-
 def _reconstruct_as_tested(model, w, iterations, average, op, y, x0) -> tuple[torch.Tensor, float]:
     """Set ``model`` up for the test solver (:func:`_as_tested`), then reconstruct, seconds per image."""
     return _reconstruct(_as_tested(model, w, iterations, average), op, y, x0)
@@ -439,8 +431,8 @@ def _quality(
             continue
         y = _simulate(op, x, snr_db, seed=2)
         x0 = _init(op, y, init_kind)
-        # every reconstruction of this set, in a fixed order (ODER's minibatches come from the
-        # global random stream, so the order decides each row's draws), run under one progress bar
+        # every reconstruction of this set, in a fixed order, under one progress bar; ODER's
+        # minibatches come from each model's own sampler, which _as_tested resets to its seed
         jobs: list[tuple[str, Callable[[], tuple[torch.Tensor, float]]]] = []
         jobs.append((classical, partial(_timed_baseline, op, y, classical)))
         jobs.append(("tv", partial(_timed_baseline, op, y, "tv", params=tv.best, iterations=tv_iterations)))
@@ -475,7 +467,10 @@ def _quality(
                 )
         for row, (_, w) in replicates.items():
             jobs.append(
-                (row, partial(_replicate, row, replicate_models[row], w, iterations, average, op, y, x0))
+                (
+                    row,
+                    partial(_reconstruct_as_tested, replicate_models[row], w, iterations, average, op, y, x0),
+                )
             )
         for key, (as_trained, to_fixed_point) in anderson_models.items():
             # with its training solver (the model's config), then on to the fixed point
