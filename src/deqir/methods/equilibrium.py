@@ -104,7 +104,8 @@ class REDEquilibrium(nn.Module):
             without it; ``last_stats`` then counts ``max_iter − k`` iterations. Ignored for a
             deterministic map (RED(DEQ), RED(Unfold), ``w >= b``). ``0``: off; for ODER it must
             be below ``max_iter``.
-        seed: seed of the minibatch sampler.
+        seed: seed of the minibatch sampler (a training run's ``experiment.seed`` does not
+            change it; a checkpoint saves where its stream stands, see :meth:`sampler_state`).
     """
 
     def __init__(
@@ -225,6 +226,43 @@ class REDEquilibrium(nn.Module):
             )
             self._sampler = s
         return s
+
+    def sampler_state(self) -> dict[str, Any] | None:
+        """Where ODER's minibatch stream stands (``None`` before its first draw), for checkpoints:
+        a resumed training run continues the same draws instead of starting over from ``seed``.
+
+        Example:
+            >>> from deqir.physics.registry import build_operator
+            >>> ct = build_operator("ct", 16, num_angles=12)
+            >>> model = REDEquilibrium(torch.nn.Identity(), mode="oder", minibatch=4, max_iter=2)
+            >>> _ = model(ct.A(torch.rand(1, 1, 16, 16)), ct)
+            >>> state = model.sampler_state()
+            >>> again = REDEquilibrium(torch.nn.Identity(), mode="oder", minibatch=4, max_iter=2)
+            >>> again.load_sampler_state(state)
+            >>> bool((again._sampler_for(ct).sample() == model._sampler_for(ct).sample()).all())
+            True
+        """
+        s = self._sampler
+        if s is None:
+            return None
+        return {"num_blocks": s.num_blocks, "batch_size": s.batch_size, "generator": s.generator.get_state()}
+
+    def load_sampler_state(self, state: dict[str, Any] | None) -> None:
+        """Continue the minibatch stream saved by :meth:`sampler_state` (``None``: start over)."""
+        from deqir.physics.sampling import BlockSampler
+
+        if state is None:
+            self._sampler = None
+            return
+        s = BlockSampler(
+            int(state["num_blocks"]),
+            int(state["batch_size"]),
+            strategy=self.sampling,
+            groups=self.groups,
+            seed=self.seed,
+        )
+        s.generator.set_state(state["generator"])
+        self._sampler = s
 
     def make_map(self, y: torch.Tensor, physics):
         """The map ``T`` for measurements ``y`` (stochastic for ODER with ``w < b``)."""

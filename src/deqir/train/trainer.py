@@ -273,6 +273,7 @@ class Trainer:
             "last_val": self.last_val,
             "stopped_early": self.stopped_early,
             "rng": rng,
+            "samplers": self._sampler_states(),
             "world_size": self.dist.world_size,
             "seed": self.cfg.experiment.seed,
             "config": self.cfg.to_dict(),
@@ -295,6 +296,7 @@ class Trainer:
             ) from None
         self._apply_lr()
         if restore_rng:
+            self._load_sampler_states(state.get("samplers") or {}, path)
             if state["world_size"] == self.dist.world_size:
                 _set_rng_state(state["rng"][self.dist.rank], self.device)
             else:
@@ -305,6 +307,24 @@ class Trainer:
                     state["world_size"],
                     self.dist.world_size,
                 )
+
+    def _sampler_states(self) -> dict[str, Any]:
+        """Each minibatch stream of the model (ODER's), by module name: where its draws stand."""
+        return {
+            name: module.sampler_state()
+            for name, module in self.model.named_modules()
+            if hasattr(module, "sampler_state") and module.sampler_state() is not None
+        }
+
+    def _load_sampler_states(self, states: dict[str, Any], path: Path) -> None:
+        modules = dict(self.model.named_modules())
+        for name, sampler in states.items():
+            if not hasattr(modules.get(name), "load_sampler_state"):
+                raise CheckpointError(
+                    f"checkpoint {path} holds a minibatch stream for module '{name}', which this "
+                    "model does not have: resume with the configuration that wrote it (RUN/config.yaml)"
+                )
+            modules[name].load_sampler_state(sampler)
 
     def _apply_lr(self) -> None:
         factor = self.lr_scale * lr_schedule(self.scheduler.last_epoch, self.cfg.train)
