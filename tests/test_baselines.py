@@ -217,13 +217,35 @@ def test_tuning_uses_the_given_images_and_picks_the_best(phantom):
     assert res.scores[[s for _, s in res.scores].index(res.best_score)][0]["lam"] == res.best["lam"]
     grid = {"sigma": [0.01, 0.05], "gamma": [0.5, 1.0]}
     D = GaussianSmoother()
+    runs = {"grid": 0, "coordinate": 0}
+
+    def counter(strategy):
+        return lambda: runs.__setitem__(strategy, runs[strategy] + 1)
+
     full = tune_hyperparameters(
-        op, "pnp_pgm", phantom, noise_sigma=0.02, denoiser=D, grid=grid, iterations=5, strategy="grid"
+        op,
+        "pnp_pgm",
+        phantom,
+        noise_sigma=0.02,
+        denoiser=D,
+        grid=grid,
+        iterations=5,
+        strategy="grid",
+        on_run=counter("grid"),
     )
     coord = tune_hyperparameters(
-        op, "pnp_pgm", phantom, noise_sigma=0.02, denoiser=D, grid=grid, iterations=5
+        op,
+        "pnp_pgm",
+        phantom,
+        noise_sigma=0.02,
+        denoiser=D,
+        grid=grid,
+        iterations=5,
+        on_run=counter("coordinate"),
     )
     assert len(full.scores) == 4 and len(coord.scores) <= 4
+    # on_run ticks once per reconstruction: a point the coordinate search revisits is not run again
+    assert runs == {"grid": 4, "coordinate": len(coord.scores)}
     assert coord.best_score <= full.best_score + 1e-9
 
 
@@ -336,13 +358,16 @@ def test_baselines_bench_progress_counts_the_reconstructions_it_runs(task, monke
     bar = _CountingBar()
     bench._run_task(task, bench.TASKS[task], setup, GaussianSmoother(), "smoother", tuned, bar=bar)
     assert bar.n == len(calls) == bench._planned_runs(bench.TASKS[task], setup)
+    assert bar.ticks == bar.n  # one tick per reconstruction, tuning included, as each finishes
 
 
 class _CountingBar:
     n = 0
+    ticks = 0  # single-unit updates: the tuning's grid points, as they finish
 
     def update(self, k):
         self.n += k
+        self.ticks += k == 1
 
     def set_postfix_str(self, text):
         pass

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,7 @@ def tune_hyperparameters(
     bounds: tuple[float | None, float | None] | None = (0.0, 1.0),
     seed: int = 0,
     strategy: str = "coordinate",
+    on_run: Callable[[], None] | None = None,
 ) -> TuningResult:
     """Grid search of ``method``'s scale-free hyperparameters by mean PSNR on ``images``.
 
@@ -258,6 +259,8 @@ def tune_hyperparameters(
         strategy: ``"coordinate"`` (default: one pass over the parameters in grid order, each
             scanned with the others at their best so far; cost = sum of the grid sizes) or
             ``"grid"`` (every combination; cost = their product).
+        on_run: called after each reconstruction of the validation images (a progress bar's
+            tick; a point the coordinate search already scored is not run again).
 
     Returns:
         :class:`TuningResult`.
@@ -306,6 +309,8 @@ def tune_hyperparameters(
             )
             seen[key] = float(psnr(res.x.clamp(0, 1), images).mean())
             scores.append((dict(p), seen[key]))
+            if on_run is not None:
+                on_run()
         return seen[key]
 
     if strategy == "grid" or len(names) <= 1:
