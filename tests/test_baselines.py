@@ -218,31 +218,20 @@ def test_tuning_uses_the_given_images_and_picks_the_best(phantom):
     grid = {"sigma": [0.01, 0.05], "gamma": [0.5, 1.0]}
     D = GaussianSmoother()
     runs = {"grid": 0, "coordinate": 0}
-
-    def counter(strategy):
-        return lambda: runs.__setitem__(strategy, runs[strategy] + 1)
-
-    full = tune_hyperparameters(
-        op,
-        "pnp_pgm",
-        phantom,
-        noise_sigma=0.02,
-        denoiser=D,
-        grid=grid,
-        iterations=5,
-        strategy="grid",
-        on_run=counter("grid"),
-    )
-    coord = tune_hyperparameters(
-        op,
-        "pnp_pgm",
-        phantom,
-        noise_sigma=0.02,
-        denoiser=D,
-        grid=grid,
-        iterations=5,
-        on_run=counter("coordinate"),
-    )
+    found = {}
+    for strategy in runs:
+        found[strategy] = tune_hyperparameters(
+            op,
+            "pnp_pgm",
+            phantom,
+            noise_sigma=0.02,
+            denoiser=D,
+            grid=grid,
+            iterations=5,
+            strategy=strategy,
+            on_run=lambda strategy=strategy: runs.__setitem__(strategy, runs[strategy] + 1),
+        )
+    full, coord = found["grid"], found["coordinate"]
     assert len(full.scores) == 4 and len(coord.scores) <= 4
     # on_run ticks once per reconstruction: a point the coordinate search revisits is not run again
     assert runs == {"grid": 4, "coordinate": len(coord.scores)}
