@@ -36,7 +36,7 @@ def bench(
     """Run a benchmark, print its table and optionally save the JSON report (with the run's
     wall time in ``machine.wall_seconds``); with ``--json``, a bench that draws a figure writes
     it beside the report (``--json out/x.json`` gives ``out/x.png``), without it to the bench's
-    default (``results/NAME.png``)."""
+    own default (``results/NAME.png`` for a full run)."""
     import inspect
     import time
 

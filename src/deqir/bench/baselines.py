@@ -272,12 +272,6 @@ def _run_task(task, spec, setup, D, label, tuned, bar=None) -> dict[str, Any]:
         val = _images(spec["val"], "val", size, setup["val_images"])
         params, val_psnr = {}, {}
         for method in (*spec["classical"], "tv", *PNP_RED):  # classical: scored only, nothing to tune
-            runs = [0]  # ticked per grid point; the rest of the planned count after the search
-
-            def tick(runs: list[int] = runs) -> None:
-                runs[0] += 1
-                bar.update(1)
-
             if bar is not None:
                 bar.set_postfix_str(f"{task}: tuning {method}")
             res = tune_hyperparameters(
@@ -289,12 +283,13 @@ def _run_task(task, spec, setup, D, label, tuned, bar=None) -> dict[str, Any]:
                 iterations=iters.get(method),
                 seed=1,
                 strategy=setup["strategy"],
-                on_run=None if bar is None else tick,
+                on_run=None if bar is None else (lambda: bar.update(1)),  # one tick per grid point
                 **noise,
             )
             params[method], val_psnr[method] = res.best, res.best_score
             if bar is not None:
-                bar.update(max(0, _grid_runs(method, setup) - runs[0]))
+                # each scored point ticked once; the plan's points the coordinate search revisited
+                bar.update(max(0, _grid_runs(method, setup) - len(res.scores)))
         tuned[task] = {"params": params, "val_psnr": val_psnr}
     truth = _images(spec["test"], "test", size, setup["test_images"])
     y = simulate(op, truth, seed=0, **noise)

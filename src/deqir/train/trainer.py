@@ -310,11 +310,12 @@ class Trainer:
 
     def _sampler_states(self) -> dict[str, Any]:
         """Each minibatch stream of the model (ODER's), by module name: where its draws stand."""
-        return {
+        states = {
             name: module.sampler_state()
             for name, module in self.model.named_modules()
-            if hasattr(module, "sampler_state") and module.sampler_state() is not None
+            if hasattr(module, "sampler_state")
         }
+        return {name: state for name, state in states.items() if state is not None}
 
     def _load_sampler_states(self, states: dict[str, Any], path: Path) -> None:
         modules = dict(self.model.named_modules())
