@@ -294,3 +294,72 @@ def test_oder_bench_tests_replicates_with_the_solver_of_the_model_they_repeat():
     minibatch = oder._as_tested(model, 30, 12, 50)
     assert (minibatch.mode, minibatch.minibatch, minibatch.test_average) == ("oder", 30, 50)
     assert oder._as_tested(model, 30, 12, None).test_average == oder.TEST_AVERAGE
+
+
+def test_oder_bench_crossed_rows_test_one_network_with_the_other_solver(monkeypatch):
+    from deqir.bench import oder
+    from deqir.bench.common import BenchReport
+    from deqir.methods.equilibrium import REDEquilibrium
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+    from deqir.priors import DnCNN
+
+    seeds = {"prior": 0, "full": 1, "oder": 2}
+
+    def stand_in(name):  # the same weights at every load, without touching the global stream
+        with torch.random.fork_rng():
+            torch.manual_seed(seeds[name])
+            net = DnCNN(depth=3, width=4)
+            if name == "prior":
+                return net
+            mode, w = ("deq", None) if name == "full" else ("oder", 4)
+            return REDEquilibrium(net, mode=mode, minibatch=w, tau=0.05, step=1.0, max_iter=6)
+
+    monkeypatch.setattr(oder, "load_shipped", stand_in)
+    monkeypatch.setattr(oder, "TEST_ITERATIONS", 6)
+    op = build_operator("ct", 16, num_angles=12)
+    x = torch.rand(3, 1, 16, 16) * 0.5 + 0.25
+    names = {"prior": "prior", "red_deq": "full", "w4": "oder"}
+    variants = {"red_deq": None, "w4": 4}
+    crosses = {"red_deq_as_oder_w4": ("red_deq", 4), "oder_w4_full_batch": ("w4", None)}
+
+    def quality(crosses):
+        report, per_image = BenchReport("oder"), {}
+        q = oder._quality(
+            "ct",
+            op,
+            names,
+            {"test": x},
+            x[:1],
+            50.0,
+            "fbp",
+            variants,
+            report,
+            {},
+            True,
+            per_image,
+            crosses=crosses,
+        )
+        return q["test"], per_image["test"]
+
+    plain, _ = quality(None)
+    crossed, per_image = quality(crosses)
+    assert set(crossed) == set(plain) | set(crosses)
+    for method, snr in plain.items():  # the crossed rows come last, on copies: no other row moves
+        assert crossed[method] == snr, method
+    y = oder._simulate(op, x, 50.0, seed=2)
+    x0 = oder._init(op, y, "fbp")
+    for row, (variant, w) in crosses.items():  # each is that network with the other width's solver
+        out, _ = oder._reconstruct_as_tested(stand_in(names[variant]), w, 6, None, op, y, x0)
+        expected = compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+        torch.testing.assert_close(per_image[row], expected)
+    assert crossed["red_deq_as_oder_w4"] != crossed["red_deq"]  # the solver changes the result
+    assert crossed["oder_w4_full_batch"] != crossed["oder_w4"]
+
+
+def test_oder_bench_snr_by_source_averages_each_method_within_each_group():
+    from deqir.bench.oder import snr_by_source
+
+    values = {"a": torch.tensor([30.0, 20.0, 34.0, 22.0]), "b": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    out = snr_by_source(values, {"ellipses": [0, 2], "nilearn": [1, 3]})
+    assert out == {"a": {"ellipses": 32.0, "nilearn": 21.0}, "b": {"ellipses": 2.0, "nilearn": 3.0}}

@@ -35,7 +35,12 @@ On MRI, ``red_deq_anderson_1e5`` is the same trained to 1e-5 (``mri_*anderson_1e
 ``ct_snr_gap_by_source`` splits the CT target gap by image source; ``red_deq_seed1`` and
 ``oder_w30_seed1`` are the two models trained again with seed 1 (``configs/*_seed1.yaml``), and
 ``ct_snr_gap_by_seed_db`` gives the target gap for each training seed, which the per-image
-standard errors do not include (full run only).
+standard errors do not include (full run only). ``red_deq_as_oder_w30`` is RED(DEQ)'s network
+tested with ODER's solver (w = 30, then tail averaging) and ``oder_w30_full_batch`` is ODER's
+network tested with the full-batch solver; ``ct_snr_gap_full_batch_solver_db`` and
+``ct_snr_gap_oder_solver_db`` compare the two networks under one solver (is the target gap in the
+trained weights or in the test solver?), and ``ct_test_snr_by_source`` gives every method's SNR on
+each image source of the CT test split.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -94,6 +99,9 @@ MRI_RUNS = (
     "oder_mri_w4",
     "oder_mri_w2",
 )
+# each CT network tested with the other's solver (rows, the variant whose network, the w of the
+# solver; None: full batch): is the target gap in the weights or in the test solver?
+CT_CROSSES = {"red_deq_as_oder_w30": ("red_deq", 30), "oder_w30_full_batch": ("w30", None)}
 TEST_ITERATIONS: int | None = None  # Nesterov iterations at test (None: as trained; paper: 180)
 TRAIN_ITERATIONS: int | None = None  # forward iterations of a costed training step (None: as trained)
 DEFAULT_ITERATIONS = 40  # when a model's config names no max_iter
@@ -156,6 +164,19 @@ def gap_by_source(a: torch.Tensor, b: torch.Tensor, groups: dict[str, list[int]]
         {'ellipses': {'images': 2, 'db': 2.5}, 'nilearn': {'images': 1, 'db': 1.0}}
     """
     return {name: {"images": len(idx), "db": float((a[idx] - b[idx]).mean())} for name, idx in groups.items()}
+
+
+def snr_by_source(per_image: dict[str, torch.Tensor], groups: dict[str, list[int]]) -> dict[str, dict]:
+    """Each method's mean per-image SNR (dB) within each group of image indices.
+
+    Example:
+        >>> snr_by_source({"tv": torch.tensor([30.0, 20.0, 34.0])}, {"ellipses": [0, 2], "nilearn": [1]})
+        {'tv': {'ellipses': 32.0, 'nilearn': 20.0}}
+    """
+    return {
+        method: {name: float(values[idx].mean()) for name, idx in groups.items()}
+        for method, values in per_image.items()
+    }
 
 
 def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
@@ -337,6 +358,7 @@ def _quality(
     per_image: dict[str, dict[str, torch.Tensor]] | None = None,
     average: int | None = None,
     replicates: dict[str, tuple[str, int | None]] | None = None,
+    crosses: dict[str, tuple[str, int | None]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every method on every test set; returns the mean SNR per set and method.
 
@@ -344,6 +366,9 @@ def _quality(
     statistics (:func:`paired_gap`). ``replicates`` maps a row name to a shipped model trained
     with another seed and its w (``None``: the full batch), tested like the model it repeats; the
     full run scores those that are shipped (how much a gap moves between training seeds).
+    ``crosses`` maps a row name to a key of ``variants`` and another w: that variant's network
+    tested with the other width's solver (a copy of the model, so the rows before it draw the
+    same minibatches): is a gap in the trained weights or in the test solver?
     """
     from deqir.methods.baselines import tune_hyperparameters
     from deqir.metrics import compute_metrics
@@ -422,6 +447,7 @@ def _quality(
         "unet_post": names.get("unet_post"),
         **{f"oder_w{w}": names[v] for v, w in variants.items() if w is not None},
         **{row: name for row, (name, _) in replicates.items()},
+        **{row: names[v] for row, (v, _) in (crosses or {}).items()},
     }
     train_steps = {method: _train_steps(name) for method, name in shipped.items()}
     results: dict[str, dict[str, float]] = {}
@@ -504,6 +530,16 @@ def _quality(
                     jobs.append(("red_unfold", partial(_reconstruct, model, op, y, x0)))
                 else:
                     jobs.append(("unet_post", partial(_post_process, model, x0)))
+        # last, on copies of the models: every row above draws as it did without them
+        for row, (v, w) in (crosses or {}).items():
+            jobs.append(
+                (
+                    row,
+                    partial(
+                        _reconstruct_as_tested, load_shipped(names[v]), w, iterations, average, op, y, x0
+                    ),
+                )
+            )
         recs = run_jobs(jobs, f"{task} {set_name}")
         for method, (out, seconds) in recs.items():
             scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
@@ -830,6 +866,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         quick,
         per_image["ct"],
         replicates=ct_replicates,
+        crosses=CT_CROSSES,
     )
     report.config["real_ct_images"] = real_keys
     bar.update(1)
@@ -935,6 +972,10 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     s["ct_oder_minus_tv_by_source"] = gap_by_source(ct_i["oder_w30"], ct_i["tv"], groups)
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
     s["ct_snr_gap_by_source"] = gap_by_source(ct_i["red_deq"], ct_i["oder_w30"], groups)
+    s["ct_test_snr_by_source"] = snr_by_source(ct_i, groups)
+    if "red_deq_as_oder_w30" in m and "oder_w30_full_batch" in m:  # both networks, one solver
+        s["ct_snr_gap_full_batch_solver_db"] = m["red_deq"] - m["oder_w30_full_batch"]
+        s["ct_snr_gap_oder_solver_db"] = m["red_deq_as_oder_w30"] - m["oder_w30"]
     if "red_deq_seed1" in m and "oder_w30_seed1" in m:  # the same gap between models of training seed 1
         gaps = {"0": s["ct_snr_gap_db"], "1": m["red_deq_seed1"] - m["oder_w30_seed1"]}
         s["ct_snr_gap_by_seed_db"] = gaps
@@ -1041,6 +1082,8 @@ QUALITY_LABELS = (
     ("ODER, w = 10 of 90 angles / 2 of 8 coils", {"ct": "oder_w10", "mri": "oder_w2"}),
     ("RED(DEQ) (w = b), training seed 1", {"ct": "red_deq_seed1"}),
     ("ODER, w = 30 of 90 angles, training seed 1", {"ct": "oder_w30_seed1"}),
+    ("RED(DEQ)'s network with ODER's solver (w = 30, tail average)", {"ct": "red_deq_as_oder_w30"}),
+    ("ODER's network (w = 30) with the full-batch solver", {"ct": "oder_w30_full_batch"}),
 )
 QUALITY_COLUMNS = (("ct", "test", "CT"), ("ct", "real_ct", "real CT"), ("mri", "test", "MRI"))
 COST_SETTINGS = {
