@@ -51,7 +51,8 @@ operator counted exactly in blocks, and the share of step time spent inside the 
 The learned models are the shipped weights ``deqir/weights/oder_*.safetensors`` (written by
 :func:`export_all` from the runs of ``configs/oder_*.yaml``); nothing is trained here, so
 ``--quick`` (fewer test images, short TV and τ grids, one cost repeat with
-:data:`QUICK_COST_ITERATIONS` iterations) re-evaluates them in under a minute (``results/oder_quick.json``).
+:data:`QUICK_COST_ITERATIONS` iterations) re-evaluates them in one to two minutes, with the
+host's speed (``results/oder_quick.json``).
 
 Example:
     $ deqir bench oder --quick --json out/oder-quick.json
