@@ -427,6 +427,8 @@ def _quality(
         if not quick and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
     }
     replicate_models = {row: load_shipped(name) for row, (name, _) in replicates.items()}
+    # copies of the variants' models for the crossed rows (their solver is set at each test set)
+    cross_models = {row: load_shipped(names[v]) for row, (v, _) in (crosses or {}).items()}
     # RED(DEQ) trained with Anderson to a tolerance in every step (its config's solver), tested
     # with that solver and at its fixed point; the full run only (not within --quick's minute)
     # (row name -> shipped weights: red_deq_anderson, trained to 1e-4, and red_deq_anderson_1e5)
@@ -531,15 +533,10 @@ def _quality(
                     jobs.append(("red_unfold", partial(_reconstruct, model, op, y, x0)))
                 else:
                     jobs.append(("unet_post", partial(_post_process, model, x0)))
-        # last, on copies of the models: every row above draws as it did without them
-        for row, (v, w) in (crosses or {}).items():
+        # last, on the copies: every row above draws as it did without them
+        for row, (_, w) in (crosses or {}).items():
             jobs.append(
-                (
-                    row,
-                    partial(
-                        _reconstruct_as_tested, load_shipped(names[v]), w, iterations, average, op, y, x0
-                    ),
-                )
+                (row, partial(_reconstruct_as_tested, cross_models[row], w, iterations, average, op, y, x0))
             )
         recs = run_jobs(jobs, f"{task} {set_name}")
         for method, (out, seconds) in recs.items():
