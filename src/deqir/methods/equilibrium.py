@@ -106,6 +106,11 @@ class REDEquilibrium(nn.Module):
             be below ``max_iter``.
         seed: seed of the minibatch sampler (a training run's ``experiment.seed`` does not
             change it; a checkpoint saves where its stream stands, see :meth:`sampler_state`).
+        restart: Nesterov's adaptive restart (a sample whose residual grew resets its
+            momentum). On a stochastic map the residual is a noisy estimate, so for ODER it also
+            fires on minibatch noise and slows the iteration: without it, ODER's iterates follow
+            the full-batch ones (``results/oder_restart.json``). Default ``True`` (what the
+            models shipped before it were trained with).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class REDEquilibrium(nn.Module):
         test_average: int = 0,
         train_average: int = 0,
         seed: int = 0,
+        restart: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
@@ -178,6 +184,7 @@ class REDEquilibrium(nn.Module):
         self.nonnegative = bool(nonnegative)
         self.test_average = int(test_average)
         self.train_average = int(train_average)
+        self.restart = bool(restart)
         raw = torch.tensor([inverse_softplus(float(step)), inverse_softplus(max(float(tau), 1e-8))])
         if learn_parameters:
             self.raw_parameters = nn.Parameter(raw)
@@ -317,7 +324,7 @@ class REDEquilibrium(nn.Module):
         if self.solver_name == "anderson":
             return Anderson(tol=tol, stop=stop, max_iter=max_iter, memory=5, regularization=1e-4)
         if self.solver_name == "nesterov":
-            return Nesterov(tol=tol, stop=stop, max_iter=max_iter, restart=True)
+            return Nesterov(tol=tol, stop=stop, max_iter=max_iter, restart=self.restart)
         return FixedPointIteration(tol=tol, stop=stop, max_iter=max_iter)
 
     def _adjoint(self):
@@ -396,8 +403,9 @@ class REDEquilibrium(nn.Module):
         return (
             f"mode={self.mode}, solver={self.solver_name}, adjoint={self.adjoint_name}, minibatch={w}, "
             f"estimator={self.estimator}, test_average={self.test_average}, "
-            f"train_average={self.train_average}, "
-            f"max_iter={self.max_iter}, step={float(self.step):.3g}, tau={float(self.tau):.3g}"
+            f"train_average={self.train_average}, restart={self.restart}, "
+            f"max_iter={self.max_iter}, step={float(self.step.detach()):.3g}, "
+            f"tau={float(self.tau.detach()):.3g}"
         )
 
 

@@ -1,0 +1,233 @@
+"""``deqir bench oder_restart``: what Nesterov's adaptive restart does to ODER's iterates (CT).
+
+Every RED solver of the ODER bench is Nesterov-accelerated iteration with adaptive restart: a
+sample whose residual ``‖T(s) − s‖`` grew resets its momentum. On ODER's stochastic map that
+residual is a noisy estimate, so the restart also fires on minibatch noise. This bench runs each
+CT network (128², 90 angles, 50 dB, the trained 100 iterations) with the full batch and with
+ODER's solver (w = 30 stratified angles, then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged
+iterations), with the restart on and off, on the whole validation and test splits:
+
+- ``{val,test}_solver_gap_{network}_{restart,no_restart}_db``: one network, full batch minus
+  ODER's solver. How far ODER's iterates are from the full-batch ones, with the network fixed.
+- ``ct_snr_gap_no_restart_db`` (with its standard error, split by source, and on validation):
+  RED(DEQ) minus ODER (w = 30) when both are trained and tested without the restart
+  (``configs/oder_ct_{red_deq,w30}_norestart.yaml``, shipped as ``oder_ct_*_norestart``);
+  ``ct_oder_no_restart_minus_tv_db``: that ODER against TV, tuned as in ``deqir bench oder``.
+
+The two splits run in two worker processes (one thread each). ``--quick``: 2 test images, the
+shipped pair trained with the restart only, no TV.
+
+Example:
+    $ deqir bench oder_restart --json results/oder_restart.json
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from deqir.bench.common import WEIGHTS_DIR, BenchReport, load_shipped, paired_gap, run_jobs, split_images
+
+SOURCE = "ct_phantoms+brain"
+W = 30  # ODER's minibatch: 30 of 90 angles
+# network rows -> (shipped weights, the restart settings it is tested with)
+TRAINED_WITH_RESTART = {"red_deq": "oder_ct_red_deq", "oder_w30": "oder_ct_w30"}
+TRAINED_WITHOUT_RESTART = {
+    "red_deq_no_restart": "oder_ct_red_deq_norestart",
+    "oder_w30_no_restart": "oder_ct_w30_norestart",
+}
+TV_VAL_IMAGES = 4  # as deqir bench oder: TV's λ tuned on the first 4 validation images
+
+
+def _networks(quick: bool) -> dict[str, tuple[str, tuple[bool, ...]]]:
+    """Rows' networks: the pair trained with the restart (tested with it on and off) and, where
+    shipped, the pair trained without it (tested without it)."""
+    nets = {row: (name, (True, False)) for row, name in TRAINED_WITH_RESTART.items()}
+    if not quick:
+        for row, name in TRAINED_WITHOUT_RESTART.items():
+            if (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+                nets[row] = (name, (False,))
+    return nets
+
+
+def solve(model, w: int | None, restart: bool, op, y, x0) -> torch.Tensor:
+    """``model``'s network with the full-batch solver (``w=None``) or ODER's (``w`` blocks, then
+    tail averaging), Nesterov with its trained iterations, the adaptive restart on or off.
+
+    Example:
+        >>> from deqir.methods.equilibrium import REDEquilibrium
+        >>> from deqir.physics.registry import build_operator
+        >>> op = build_operator("ct", 16, num_angles=12)
+        >>> m = REDEquilibrium(torch.nn.Conv2d(1, 1, 1), mode="deq", max_iter=5)
+        >>> y = op.A(torch.rand(1, 1, 16, 16))
+        >>> solve(m, 4, False, op, y, op.fbp(y)).shape
+        torch.Size([1, 1, 16, 16])
+    """
+    from deqir.bench import oder
+
+    model = oder._as_tested(model, w, model.max_iter, None)
+    model.restart = restart
+    return oder._reconstruct(model, op, y, x0)[0]
+
+
+def split_rows(
+    split: str, count: int | None, networks: dict, load=load_shipped, size: int = 128
+) -> dict[str, torch.Tensor]:
+    """Per-image SNR of every (network, solver, restart) on ``count`` images of ``split`` (``None``:
+    all), the models from ``load(name)``; keys ``network|full|restart`` or ``network|w30|no_restart``."""
+    from deqir.bench import oder
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    torch.set_num_threads(1)
+    op = build_operator("ct", image_size=size, num_angles=90)
+    x = split_images(SOURCE, split, count, size=size)
+    y = oder._simulate(op, x, 50.0, seed=2)  # as the ODER bench's test sets
+    x0 = oder._init(op, y, "fbp")
+    jobs = []
+    for row, (name, restarts) in networks.items():
+        model = load(name)
+        for w in (None, W):
+            for restart in restarts:
+                key = f"{row}|{'full' if w is None else f'w{w}'}|{'restart' if restart else 'no_restart'}"
+                jobs.append((key, partial(solve, model, w, restart, op, y, x0)))
+    outs = run_jobs(jobs, f"ct {split}")
+    return {k: compute_metrics(v.clamp(0, 1), x)["snr"].flatten().double() for k, v in outs.items()}
+
+
+def _tv(count: int | None) -> torch.Tensor:
+    """Per-image SNR of TV on the test split, λ tuned on validation as in ``deqir bench oder``."""
+    from deqir.bench import oder
+    from deqir.methods.baselines import tune_hyperparameters
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    torch.set_num_threads(1)
+    op = build_operator("ct", image_size=128, num_angles=90)
+    val = split_images(SOURCE, "val", TV_VAL_IMAGES)
+    tuned = tune_hyperparameters(op, "tv", val, noise_snr_db=50.0, seed=1)
+    x = split_images(SOURCE, "test", count)
+    out, _ = oder._timed_baseline(op, oder._simulate(op, x, 50.0, seed=2), "tv", params=tuned.best)
+    return compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+
+
+def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, dict[str, list[int]]]) -> dict:
+    """The summary keys of the module docstring from per-image SNRs (``per_image[split][key]``).
+
+    Example:
+        >>> t = torch.tensor
+        >>> snr = {"test": {"a|full|restart": t([3.0, 1.0]), "a|w30|restart": t([1.0, 1.0])}}
+        >>> summarise(snr, {"test": {"x": [0, 1]}})["test_solver_gap_a_restart_db"]
+        1.0
+    """
+    from deqir.bench.oder import gap_by_source
+
+    s: dict = {}
+    for split, rows in per_image.items():
+        for key, full in rows.items():
+            if key.count("|") != 2:  # tv
+                continue
+            row, solver, restart = key.split("|")
+            other = rows.get(f"{row}|w{W}|{restart}")
+            if solver == "full" and other is not None:
+                s[f"{split}_solver_gap_{row}_{restart}_db"] = float((full - other).mean())
+    test = per_image.get("test", {})
+    full, mini = (
+        test.get("red_deq_no_restart|full|no_restart"),
+        test.get(f"oder_w30_no_restart|w{W}|no_restart"),
+    )
+    if full is not None and mini is not None:
+        s["ct_snr_gap_no_restart_db"], s["ct_snr_gap_no_restart_se_db"] = paired_gap(full, mini)
+        s["ct_snr_gap_no_restart_by_source"] = gap_by_source(full, mini, groups["test"])
+        s["ct_snr_red_deq_no_restart"], s["ct_snr_oder_w30_no_restart"] = (
+            float(full.mean()),
+            float(mini.mean()),
+        )
+        val = per_image.get("val", {})
+        if "red_deq_no_restart|full|no_restart" in val:
+            s["ct_val_snr_gap_no_restart_db"] = float(
+                (
+                    val["red_deq_no_restart|full|no_restart"] - val[f"oder_w30_no_restart|w{W}|no_restart"]
+                ).mean()
+            )
+        if "tv" in test:
+            s["ct_oder_no_restart_minus_tv_db"], s["ct_oder_no_restart_minus_tv_se_db"] = paired_gap(
+                mini, test["tv"]
+            )
+            s["ct_oder_no_restart_minus_tv_by_source"] = gap_by_source(mini, test["tv"], groups["test"])
+    return s
+
+
+def _figure(report: BenchReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deqir.figures import save_figure
+
+    rows = [r for r in report.rows if r["section"] == "solver" and r["split"] == "test"]
+    sources = [k.removeprefix("snr_") for k in rows[0] if k.startswith("snr_")] if rows else []
+    fig, axes = plt.subplots(
+        1, max(len(sources), 1), figsize=(4.2 * max(len(sources), 1), 3.6), squeeze=False
+    )
+    labels = [f"{r['network']}\n{r['solver']}, {r['restart']}" for r in rows]
+    for ax, src in zip(axes[0], sources, strict=False):
+        ax.barh(
+            range(len(rows)),
+            [r[f"snr_{src}"] for r in rows],
+            color=["C0" if r["solver"] == "w30" else "C1" for r in rows],
+        )
+        ax.set_yticks(range(len(rows)), labels, fontsize=6)
+        ax.set_xlim(min(r[f"snr_{src}"] for r in rows) - 2, max(r[f"snr_{src}"] for r in rows) + 1)
+        ax.set_title(f"CT test, {src}: SNR (dB)", fontsize=8)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchReport:
+    """Run the benchmark (see the module docstring); returns the report."""
+    from deqir.bench.oder import _sources
+
+    figure_path = Path(figure_path or ("out/oder_restart_quick.png" if quick else "results/oder_restart.png"))
+    networks = _networks(quick)
+    counts = {"test": 2 if quick else None} | ({} if quick else {"val": None})
+    report = BenchReport(
+        "oder_restart",
+        config={
+            "quick": quick,
+            "ct": "128², 90 angles, 50 dB input SNR, FBP initialisation",
+            "solvers": f"Nesterov with each model's trained iterations; full batch, or w = {W} of 90 "
+            "stratified angles then tail averaging as in deqir bench oder; adaptive restart on or off",
+            "networks": {row: name for row, (name, _) in networks.items()},
+            "splits": {k: "whole" if v is None else v for k, v in counts.items()},
+            "tv": "none (--quick)" if quick else f"λ tuned on the first {TV_VAL_IMAGES} validation images",
+        },
+    )
+    groups = {split: _sources(SOURCE, split, count) for split, count in counts.items()}
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = {split: pool.submit(split_rows, split, count, networks) for split, count in counts.items()}
+        tv = None if quick else pool.submit(_tv, counts["test"])
+        per_image = {split: f.result() for split, f in futures.items()}
+        if tv is not None:
+            per_image["test"]["tv"] = tv.result()
+    for split, rows in per_image.items():
+        for key, snr in rows.items():
+            network, solver, restart = key.split("|") if "|" in key else ("tv", "tv", "")
+            report.add_row(
+                section="solver" if key != "tv" else "tv",
+                split=split,
+                network=network,
+                solver=solver,
+                restart=restart,
+                images=int(snr.numel()),
+                snr=float(snr.mean()),
+                **{f"snr_{g}": float(snr[idx].mean()) for g, idx in groups[split].items()},
+            )
+    report.summary.update(summarise(per_image, groups))
+    report.config["figure"] = str(_figure(report, figure_path))
+    return report

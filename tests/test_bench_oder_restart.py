@@ -1,0 +1,94 @@
+"""``deqir bench oder_restart`` and the ``restart`` option of RED's Nesterov solver."""
+
+import torch
+
+from deqir.methods.equilibrium import REDEquilibrium, build_red_equilibrium
+from deqir.physics.registry import build_operator
+from deqir.priors import DnCNN
+from deqir.solvers import Nesterov
+
+
+def _stand_in(name):  # the same small weights at every load, without touching the global stream
+    with torch.random.fork_rng():
+        torch.manual_seed(len(name))
+        mode, w = ("oder", 30) if "w30" in name else ("deq", None)
+        return REDEquilibrium(DnCNN(depth=3, width=4), mode=mode, minibatch=w, tau=0.05, step=1.5, max_iter=8)
+
+
+def test_restart_option_reaches_the_nesterov_solver_from_a_config():
+    model = build_red_equilibrium(
+        torch.nn.Identity(), mode="oder", minibatch=4, solver="nesterov", restart=False
+    )
+    solver = model._solver()
+    assert isinstance(solver, Nesterov) and solver.restart is False
+    assert (
+        REDEquilibrium(torch.nn.Identity(), solver="nesterov")._solver().restart is True
+    )  # as shipped before
+    assert "restart=False" in model.extra_repr()
+
+
+def test_restart_changes_odersolver_iterates_and_rows_use_the_named_setting():
+    from deqir.bench import oder, oder_restart
+
+    networks = {"red_deq": ("oder_ct_red_deq", (True, False)), "oder_w30": ("oder_ct_w30", (False,))}
+    rows = oder_restart.split_rows("test", 2, networks, load=_stand_in, size=32)
+    assert set(rows) == {
+        "red_deq|full|restart",
+        "red_deq|full|no_restart",
+        "red_deq|w30|restart",
+        "red_deq|w30|no_restart",
+        "oder_w30|full|no_restart",
+        "oder_w30|w30|no_restart",
+    }
+    # each row is the named network with that solver: rebuilt here with the option set at construction
+    from deqir.bench.common import split_images
+    from deqir.metrics import compute_metrics
+
+    op = build_operator("ct", image_size=32, num_angles=90)
+    x = split_images(oder_restart.SOURCE, "test", 2, size=32)
+    y = oder._simulate(op, x, 50.0, seed=2)
+    x0 = oder._init(op, y, "fbp")
+    model = _stand_in("oder_ct_red_deq")
+    direct = REDEquilibrium(
+        model.network,
+        mode="oder",
+        minibatch=30,
+        tau=0.05,
+        step=1.5,
+        max_iter=8,
+        solver="nesterov",
+        tol=0.0,
+        restart=False,
+        test_average=oder.TEST_AVERAGE,
+    )
+    with torch.no_grad():  # one image at a time, as the bench (each draws its own minibatches)
+        out = torch.cat([direct(y[i : i + 1], op, init=x0[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(
+        rows["red_deq|w30|no_restart"], compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+    )
+    assert not torch.equal(rows["red_deq|w30|restart"], rows["red_deq|w30|no_restart"])
+
+
+def test_summary_compares_solvers_per_network_and_the_pair_trained_without_restart():
+    from deqir.bench import oder_restart
+
+    t = torch.tensor
+    per_image = {
+        "test": {
+            "red_deq_no_restart|full|no_restart": t([30.0, 34.0]),
+            "red_deq_no_restart|w30|no_restart": t([29.0, 34.0]),
+            "oder_w30_no_restart|full|no_restart": t([31.0, 31.0]),
+            "oder_w30_no_restart|w30|no_restart": t([29.0, 33.0]),
+            "tv": t([32.0, 30.0]),
+        }
+    }
+    s = oder_restart.summarise(per_image, {"test": {"ellipses": [0], "nilearn": [1]}})
+    assert s["test_solver_gap_red_deq_no_restart_no_restart_db"] == 0.5
+    assert s["test_solver_gap_oder_w30_no_restart_no_restart_db"] == 0.0
+    assert s["ct_snr_gap_no_restart_db"] == 1.0  # (30 - 29 + 34 - 33) / 2
+    assert s["ct_snr_gap_no_restart_by_source"] == {
+        "ellipses": {"images": 1, "db": 1.0},
+        "nilearn": {"images": 1, "db": 1.0},
+    }
+    assert s["ct_oder_no_restart_minus_tv_db"] == 0.0
+    assert "ct_val_snr_gap_no_restart_db" not in s
