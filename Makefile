@@ -41,12 +41,13 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/deqir bench denoisers --json results/denoisers.json
 	$(BIN)/deqir bench baselines --json results/baselines.json
 	$(BIN)/deqir bench oder --json results/oder.json
+	$(BIN)/deqir bench oder_restart --json results/oder_restart.json
 	$(BIN)/deqir bench elder --json results/elder.json
 	$(BIN)/deqir bench luser --json results/luser.json
 	$(BIN)/deqir bench idt --json results/idt.json
 
 bench-quick: $(VENV)/.bench-installed
-	for b in operators solvers denoisers baselines oder elder luser idt; do \
+	for b in operators solvers denoisers baselines oder oder_restart elder luser idt; do \
 	  $(BIN)/deqir bench $$b --quick --json out/$$b-quick.json || exit 1; \
 	done
 
@@ -69,12 +70,13 @@ clean:
 # ODER (issue 6): pretrain the RED priors, fine-tune RED(DEQ), ODER (w = 30, 10 of 90 angles;
 # 4, 2 of 8 coils), RED(DEQ) trained with Anderson to a tolerance (*_red_deq_anderson),
 # RED(Unfold), the U-Net post-processing baseline and CT RED(DEQ) and ODER (w = 30) again with
-# training seed 1 (*_seed1) from configs/oder_*.yaml, export them into src/deqir/weights/, then
-# benchmark (about 6.5 hours on two CPU cores).
+# training seed 1 (*_seed1), and CT RED(DEQ) and ODER (w = 30) trained without Nesterov's adaptive
+# restart (*_norestart) from configs/oder_*.yaml, export them into src/deqir/weights/, then
+# benchmark (about 8 hours on two CPU cores).
 ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
             oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post \
             oder_ct_red_deq_anderson oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5 \
-            oder_ct_red_deq_seed1 oder_ct_w30_seed1
+            oder_ct_red_deq_seed1 oder_ct_w30_seed1 oder_ct_red_deq_norestart oder_ct_w30_norestart
 .PHONY: oder
 oder: $(STAMP)
 	for c in $(ODER_RUNS); do \
@@ -82,6 +84,7 @@ oder: $(STAMP)
 	done
 	$(BIN)/python -c "from deqir.bench.oder import export_all; print(*export_all(), sep='\n')"
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder --json results/oder.json
+	$(BIN)/deqir bench oder_restart --json results/oder_restart.json
 
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them

@@ -91,6 +91,8 @@ CT_RUNS = (
     "oder_ct_unet_post",
     "oder_ct_red_deq_seed1",
     "oder_ct_w30_seed1",
+    "oder_ct_red_deq_norestart",  # tested by deqir bench oder_restart
+    "oder_ct_w30_norestart",
 )
 MRI_RUNS = (
     "oder_mri_prior",
