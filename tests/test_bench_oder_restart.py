@@ -27,7 +27,7 @@ def test_restart_option_reaches_the_nesterov_solver_from_a_config():
     assert "restart=False" in model.extra_repr()
 
 
-def test_restart_changes_odersolver_iterates_and_rows_use_the_named_setting():
+def test_restart_changes_oders_iterates_and_rows_use_the_named_setting():
     from deqir.bench import oder, oder_restart
 
     networks = {"red_deq": ("oder_ct_red_deq", (True, False)), "oder_w30": ("oder_ct_w30", (False,))}

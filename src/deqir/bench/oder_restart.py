@@ -134,11 +134,10 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, d
             other = rows.get(f"{row}|w{W}|{restart}")
             if solver == "full" and other is not None:
                 s[f"{split}_solver_gap_{row}_{restart}_db"] = float((full - other).mean())
+    # the pair trained without the restart, each with its own solver
+    full_key, oder_key = "red_deq_no_restart|full|no_restart", f"oder_w30_no_restart|w{W}|no_restart"
     test = per_image.get("test", {})
-    full, mini = (
-        test.get("red_deq_no_restart|full|no_restart"),
-        test.get(f"oder_w30_no_restart|w{W}|no_restart"),
-    )
+    full, mini = test.get(full_key), test.get(oder_key)
     if full is not None and mini is not None:
         s["ct_snr_gap_no_restart_db"], s["ct_snr_gap_no_restart_se_db"] = paired_gap(full, mini)
         s["ct_snr_gap_no_restart_by_source"] = gap_by_source(full, mini, groups["test"])
@@ -147,12 +146,8 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, d
             float(mini.mean()),
         )
         val = per_image.get("val", {})
-        if "red_deq_no_restart|full|no_restart" in val:
-            s["ct_val_snr_gap_no_restart_db"] = float(
-                (
-                    val["red_deq_no_restart|full|no_restart"] - val[f"oder_w30_no_restart|w{W}|no_restart"]
-                ).mean()
-            )
+        if full_key in val and oder_key in val:
+            s["ct_val_snr_gap_no_restart_db"] = float((val[full_key] - val[oder_key]).mean())
         if "tv" in test:
             s["ct_oder_no_restart_minus_tv_db"], s["ct_oder_no_restart_minus_tv_se_db"] = paired_gap(
                 mini, test["tv"]
