@@ -117,6 +117,33 @@ def test_oder_tables_keep_a_method_they_have_no_label_for():
     assert "| oder_w45 | 1.00 | 2.00 | 0.5000 |" in oder.markdown_tables(report)
 
 
+def test_oder_tables_mark_rows_trained_with_the_adaptive_restart_only_when_settings_differ():
+    report = _report()
+    assert oder.RESTART_MARK not in oder.markdown_tables(report)  # no row says
+    rows = {(r["task"], r["test_set"], r["method"]): r for r in report["rows"] if r["section"] == "quality"}
+    rows["ct", "test", "oder_w30"]["adaptive_restart"] = True
+    assert oder.RESTART_MARK not in oder.markdown_tables(report)  # one setting: nothing to mark
+    rows["mri", "test", "oder_w4"]["adaptive_restart"] = False
+    tables = oder.markdown_tables(report)
+    oder_line = next(line for line in tables.splitlines() if line.startswith("| ODER, w = 30"))
+    assert oder_line.split(" | ")[1] == "**31.50**" + oder.RESTART_MARK  # CT: trained with it
+    assert "| **20.00** | 28.00 | 0.9000 |" in oder_line  # MRI: without it
+    assert tables.count(oder.RESTART_MARK.strip()) == 2  # the CT cell and the footnote
+    assert f"{oder.RESTART_MARK.strip()} trained and tested with Nesterov's adaptive restart" in tables
+
+
+def test_seed_replicates_are_scored_only_with_the_restart_setting_of_the_model_they_repeat():
+    reps = {"red_deq_seed1": ("oder_ct_red_deq_seed1", None), "oder_w30_seed1": ("oder_ct_w30_seed1", 30)}
+    variants = {"red_deq": None, "w30": 30}
+    # the shipped seed-1 pair was trained with the restart, the headline pair without it
+    assert oder._trained_restart("oder_ct_red_deq_seed1") and not oder._trained_restart("oder_ct_red_deq")
+    assert oder.scored_replicates(reps, {"red_deq": "oder_ct_red_deq", "w30": "oder_ct_w30"}, variants) == {}
+    first = {"red_deq": "oder_ct_red_deq_restart", "w30": "oder_ct_w30_restart"}
+    assert oder.scored_replicates(reps, first, variants) == reps
+    missing = {"x": ("oder_ct_not_shipped", 30)}
+    assert oder.scored_replicates(missing, first, variants) == {}
+
+
 def test_oder_tables_refuse_other_reports_and_costs_without_a_full_batch():
     with pytest.raises(InvalidValueError, match="deqir bench oder"):
         oder.markdown_tables({"bench": "idt", "rows": [], "summary": {}})

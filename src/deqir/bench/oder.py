@@ -91,8 +91,8 @@ CT_RUNS = (
     "oder_ct_unet_post",
     "oder_ct_red_deq_seed1",
     "oder_ct_w30_seed1",
-    "oder_ct_red_deq_norestart",  # tested by deqir bench oder_restart
-    "oder_ct_w30_norestart",
+    "oder_ct_red_deq_restart",  # the first pair, trained with the adaptive restart: deqir bench oder_restart
+    "oder_ct_w30_restart",
 )
 MRI_RUNS = (
     "oder_mri_prior",
@@ -312,6 +312,38 @@ def _trained_option(name: str | None, key: str, default):
     return options.get(key, default)
 
 
+def scored_replicates(
+    replicates: dict[str, tuple[str, int | None]], names: dict[str, str], variants: dict[str, int | None]
+) -> dict[str, tuple[str, int | None]]:
+    """The replicates (row -> shipped name, w) the full run scores: those shipped and trained with
+    the adaptive-restart setting of the variant they repeat (the one of the same w); otherwise their
+    gap would measure the restart, not the training seed.
+
+    Example:
+        >>> reps = {"oder_w30_seed1": ("oder_ct_w30_seed1", 30)}
+        >>> scored_replicates(reps, {"w30": "oder_ct_w30_restart"}, {"w30": 30}) == reps
+        True
+    """
+    repeated = {w: names[v] for v, w in variants.items()}
+    return {
+        row: (name, w)
+        for row, (name, w) in replicates.items()
+        if (WEIGHTS_DIR / f"{name}.safetensors").is_file()
+        and w in repeated
+        and _trained_restart(name) == _trained_restart(repeated[w])
+    }
+
+
+def _trained_restart(name: str | None) -> bool:
+    """Whether a shipped model was trained (and so is tested) with Nesterov's adaptive restart.
+
+    Example:
+        >>> _trained_restart("oder_ct_w30"), _trained_restart("oder_ct_w30_restart")
+        (False, True)
+    """
+    return bool(_trained_option(name, "restart", True))
+
+
 def _train_steps(name: str | None) -> int | None:
     """Training steps of a shipped model, from its sidecar's config (``None`` for untrained methods)."""
     return (_shipped_config(name).get("train") or {}).get("steps")
@@ -423,11 +455,7 @@ def _quality(
     red_den, tau = tuned["red_denoising"]
     red_den_long, tau_long = tuned.get(long_name, (None, None))
     models = {v: load_shipped(names[v]) for v in variants}
-    replicates = {
-        row: (name, w)
-        for row, (name, w) in (replicates or {}).items()
-        if not quick and (WEIGHTS_DIR / f"{name}.safetensors").is_file()
-    }
+    replicates = {} if quick else scored_replicates(replicates or {}, names, variants)
     replicate_models = {row: load_shipped(name) for row, (name, _) in replicates.items()}
     # copies of the variants' models for the crossed rows (their solver is set at each test set)
     cross_models = {row: load_shipped(names[v]) for row, (v, _) in (crosses or {}).items()}
@@ -455,6 +483,14 @@ def _quality(
         **{row: names[v] for row, (v, _) in (crosses or {}).items()},
     }
     train_steps = {method: _train_steps(name) for method, name in shipped.items()}
+    # rows solved by Nesterov with a trained network: the adaptive restart they were trained with
+    nesterov = {
+        "red_deq",
+        *(f"oder_w{w}" for w in variants.values() if w is not None),
+        *replicates,
+        *(crosses or {}),
+    }
+    restarts = {method: _trained_restart(shipped[method]) for method in nesterov if shipped.get(method)}
     results: dict[str, dict[str, float]] = {}
     solves: dict[tuple[str, str], dict] = {}  # (method, test set) -> how its Anderson solves ended
     for set_name, x in test_sets.items():
@@ -564,6 +600,7 @@ def _quality(
                     "red_denoising": {"tau": tau, "iterations": iterations},
                 }.get(method),
                 train_steps=train_steps.get(method),
+                adaptive_restart=restarts.get(method),
             )
         if set_name == "test":
             figure[task] = {"truth": x[0, 0], **{k: v[0][0, 0].clamp(0, 1) for k, v in recs.items()}}
@@ -1085,6 +1122,7 @@ QUALITY_LABELS = (
     ("RED(DEQ)'s network with ODER's solver (w = 30, tail average)", {"ct": "red_deq_as_oder_w30"}),
     ("ODER's network (w = 30) with the full-batch solver", {"ct": "oder_w30_full_batch"}),
 )
+RESTART_MARK = " †"
 QUALITY_COLUMNS = (("ct", "test", "CT"), ("ct", "real_ct", "real CT"), ("mri", "test", "MRI"))
 COST_SETTINGS = {
     "ct_128_90": "CT 128², 90 angles",
@@ -1125,6 +1163,8 @@ def markdown_tables(report: dict) -> str:
     for task, test_set, _ in QUALITY_COLUMNS:
         snrs = [r["snr"] for (t, s, _), r in quality.items() if (t, s) == (task, test_set)]
         best[(task, test_set)] = max(snrs) if snrs else None
+    # mark the learned rows trained with the adaptive restart when others were trained without it
+    mixed_restart = len({r.get("adaptive_restart") for r in quality.values()} - {None}) > 1
     head = ["method"]
     for _, _, name in QUALITY_COLUMNS:
         head += [f"{name} SNR", f"{name} PSNR", f"{name} SSIM"]
@@ -1138,13 +1178,20 @@ def markdown_tables(report: dict) -> str:
                 continue
             any_row = True
             snr = f"{r['snr']:.2f}"
+            mark = RESTART_MARK if r.get("adaptive_restart") and mixed_restart else ""
             cells += [
-                f"**{snr}**" if r["snr"] == best[(task, test_set)] else snr,
+                (f"**{snr}**" if r["snr"] == best[(task, test_set)] else snr) + mark,
                 f"{r['psnr']:.2f}",
                 f"{r['ssim']:.4f}",
             ]
         if any_row:
             lines.append("| " + " | ".join(cells) + " |")
+    if mixed_restart:
+        lines += [
+            "",
+            f"{RESTART_MARK} trained and tested with Nesterov's adaptive restart; the other Nesterov-solved "
+            "learned rows without it (`results/oder_restart.json`).",
+        ]
     lines += ["", _cost_table(rows)]
     return "\n".join(lines)
 

@@ -10,8 +10,9 @@ iterations), with the restart on and off, on the whole validation and test split
 - ``{val,test}_solver_gap_{network}_{restart,no_restart}_db``: one network, full batch minus
   ODER's solver. How far ODER's iterates are from the full-batch ones, with the network fixed.
 - ``ct_snr_gap_no_restart_db`` (with its standard error, split by source, and on validation):
-  RED(DEQ) minus ODER (w = 30) when both are trained and tested without the restart
-  (``configs/oder_ct_{red_deq,w30}_norestart.yaml``, shipped as ``oder_ct_*_norestart``);
+  RED(DEQ) minus ODER (w = 30) when both are trained and tested without the restart (the
+  headline pair of ``deqir bench oder``, ``configs/oder_ct_{red_deq,w30}.yaml``; the first pair,
+  trained with it, is ``configs/oder_ct_{red_deq,w30}_restart.yaml``);
   ``ct_oder_no_restart_minus_tv_db``: that ODER against TV, tuned as in ``deqir bench oder``.
 
 The two splits run in two worker processes (one thread each). ``--quick``: 2 test images, the
@@ -34,11 +35,8 @@ from deqir.bench.common import WEIGHTS_DIR, BenchReport, load_shipped, paired_ga
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
 # network rows -> (shipped weights, the restart settings it is tested with)
-TRAINED_WITH_RESTART = {"red_deq": "oder_ct_red_deq", "oder_w30": "oder_ct_w30"}
-TRAINED_WITHOUT_RESTART = {
-    "red_deq_no_restart": "oder_ct_red_deq_norestart",
-    "oder_w30_no_restart": "oder_ct_w30_norestart",
-}
+TRAINED_WITH_RESTART = {"red_deq": "oder_ct_red_deq_restart", "oder_w30": "oder_ct_w30_restart"}
+TRAINED_WITHOUT_RESTART = {"red_deq_no_restart": "oder_ct_red_deq", "oder_w30_no_restart": "oder_ct_w30"}
 TV_VAL_IMAGES = 4  # as deqir bench oder: TV's λ tuned on the first 4 validation images
 
 
