@@ -1,7 +1,9 @@
 """``deqir bench oder_restart`` and the ``restart`` option of RED's Nesterov solver."""
 
+import pytest
 import torch
 
+from deqir.errors import InvalidValueError
 from deqir.methods.equilibrium import REDEquilibrium, build_red_equilibrium
 from deqir.physics.registry import build_operator
 from deqir.priors import DnCNN
@@ -25,6 +27,39 @@ def test_restart_option_reaches_the_nesterov_solver_from_a_config():
         REDEquilibrium(torch.nn.Identity(), solver="nesterov")._solver().restart is True
     )  # as shipped before
     assert "restart=False" in model.extra_repr()
+
+
+def test_restart_guard_keeps_a_diverging_nesterov_iteration_bounded_and_leaves_a_calm_one_alone():
+    def oscillating(z):  # a contraction with a negative eigenvalue: Nesterov's momentum diverges
+        return -0.7 * z + 1.0
+
+    z0 = torch.zeros(2, 3)
+    free, free_stats = Nesterov(tol=1e-6, max_iter=200).solve(oscillating, z0)
+    guarded, _ = Nesterov(tol=1e-6, max_iter=200, restart_guard=3.0).solve(oscillating, z0)
+    assert float(free.abs().max()) > 1e3 and not bool(free_stats.converged.any())
+    assert float(guarded.abs().max()) < 3.0  # the fixed point is 1 / 1.7
+    calm = Nesterov(tol=0.0, max_iter=60).solve(lambda z: 0.5 * z + 0.5, z0)[0]
+    assert torch.equal(
+        calm, Nesterov(tol=0.0, max_iter=60, restart_guard=3.0).solve(lambda z: 0.5 * z + 0.5, z0)[0]
+    )
+    for bad in (1.0, 0.5, -2.0):
+        with pytest.raises(InvalidValueError, match="restart_guard"):
+            Nesterov(restart_guard=bad)
+
+
+def test_restart_guard_reaches_the_solver_only_without_the_adaptive_restart():
+    model = build_red_equilibrium(torch.nn.Identity(), solver="nesterov", restart=False, restart_guard=5.0)
+    assert model._solver().restart_guard == 5.0 and "restart_guard=5.0" in model.extra_repr()
+    assert (
+        build_red_equilibrium(torch.nn.Identity(), solver="nesterov", restart=False)._solver().restart_guard
+        == 3.0
+    )
+    assert (
+        REDEquilibrium(torch.nn.Identity(), solver="nesterov", restart_guard=5.0)._solver().restart_guard
+        is None
+    )
+    off = build_red_equilibrium(torch.nn.Identity(), solver="nesterov", restart=False, restart_guard=None)
+    assert off._solver().restart_guard is None
 
 
 def test_restart_changes_oders_iterates_and_rows_use_the_named_setting():

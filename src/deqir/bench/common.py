@@ -447,6 +447,13 @@ def _measure_in_worker(model: Any, removed: list, key: int, physics: Any, keep: 
     return training_step_memory(_reparametrize(model, removed), op, *args)
 
 
+def _measure_pickled(payload: bytes) -> dict:
+    """:func:`_measure_in_worker` on arguments pickled by the caller when it submitted them."""
+    import pickle
+
+    return _measure_in_worker(*pickle.loads(payload))
+
+
 def _memory_worker_init(threads: int) -> None:
     import torch
 
@@ -541,23 +548,49 @@ class IsolatedMemory:
         Raises:
             RuntimeError: the worker did not answer within :attr:`timeout_s` (killed for memory?).
         """
+        return self.submit(model, physics, x, y, init, repeat)()
+
+    def submit(
+        self, model: Any, physics: Any, x: Any, y: Any, init: Any, repeat: int = 1
+    ) -> Callable[[], dict]:
+        """Start :meth:`step` in the worker and return at once; calling the result waits for it.
+        The model is copied now, so the caller may go on using it (timing it under the worker's
+        load).
+
+        Example:
+            >>> with IsolatedMemory() as meter:  # doctest: +SKIP
+            ...     pending = meter.submit(model, op, x, y, x0)
+            ...     ...  # this process works meanwhile
+            ...     memory = pending()
+        """
         import multiprocessing
+        import pickle
 
         self.wait()  # the preparations are ahead in the worker's queue anyway
         clone, removed = _picklable(model)
         args = (*self._send(physics), (x, y, init, repeat))
         try:
-            pending = self._pool.apply_async(_measure_in_worker, (clone, removed, *args))
-            return pending.get(self.timeout_s)
-        except multiprocessing.TimeoutError:
-            self._forget(physics)
-            raise RuntimeError(
-                f"the memory worker gave no answer in {self.timeout_s:.0f} s; it may have been killed for "
-                "memory (check `dmesg`), or raise IsolatedMemory.timeout_s for a very slow step"
-            ) from None
+            # pickled now, not later in the pool's thread: the caller may then wrap the operator
+            payload = pickle.dumps((clone, removed, *args))
+            pending = self._pool.apply_async(_measure_pickled, (payload,))
         except BaseException:
-            self._forget(physics)  # whether the worker kept it is unknown: send it again next time
+            self._forget(physics)
             raise
+
+        def result() -> dict:
+            try:
+                return pending.get(self.timeout_s)
+            except multiprocessing.TimeoutError:
+                self._forget(physics)
+                raise RuntimeError(
+                    f"the memory worker gave no answer in {self.timeout_s:.0f} s; it may have been killed "
+                    "for memory (check `dmesg`), or raise IsolatedMemory.timeout_s for a very slow step"
+                ) from None
+            except BaseException:
+                self._forget(physics)  # whether the worker kept it is unknown: send it again next time
+                raise
+
+        return result
 
     def __exit__(self, *exc) -> None:
         self._pool.terminate()

@@ -98,6 +98,9 @@ class Nesterov(Solver):
         damping: step ``λ`` in ``(0, 1]`` applied before extrapolation.
         restart: adaptive restart: a sample whose residual grew resets its momentum (``t = 1``).
             Off by default, as in FISTA.
+        restart_guard: a sample whose residual exceeds this multiple (> 1) of its smallest
+            residual so far resets its momentum; ``None``: off. Unlike ``restart`` it ignores the
+            small rises of a noisy residual (a stochastic map's) and catches divergence.
         tol, stop, max_iter, divergence: see :class:`~deqir.solvers.base.Solver`.
 
     Example:
@@ -110,11 +113,16 @@ class Nesterov(Solver):
 
     damping: float = 1.0
     restart: bool = False
+    restart_guard: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.damping <= 1:
             raise InvalidValueError(f"damping must lie in (0, 1]; got {self.damping}")
+        if self.restart_guard is not None and not self.restart_guard > 1:
+            raise InvalidValueError(
+                f"restart_guard must be a number above 1 (or None for off); got {self.restart_guard}"
+            )
 
     def solve(self, f: FlatMap, z0: torch.Tensor) -> tuple[torch.Tensor, SolverStats]:  # noqa: D102
         batch = z0.shape[0]
@@ -124,6 +132,7 @@ class Nesterov(Solver):
         s = z_prev = fs = z0
         t = 1.0  # a Python float while no sample has restarted: no per-iteration tensor ops
         prev_abs: torch.Tensor | None = None
+        best_abs: torch.Tensor | None = None  # each sample's smallest residual so far (restart_guard)
         for _ in range(int(self.max_iter)):
             fs = f(s)
             r = fs - s
@@ -142,17 +151,22 @@ class Nesterov(Solver):
             else:
                 t_new = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
                 beta = (t - 1.0) / t_new
+            grew = None
             if self.restart and prev_abs is not None:
                 grew = abs_res > prev_abs
-                if bool(grew.any()):
-                    t_vec = (
-                        torch.full((batch,), t_new, dtype=z0.dtype, device=z0.device)
-                        if isinstance(t_new, float)
-                        else t_new
-                    )
-                    beta_vec = torch.full_like(t_vec, beta) if isinstance(beta, float) else beta
-                    t_new = torch.where(grew, torch.ones_like(t_vec), t_vec)
-                    beta = torch.where(grew, torch.zeros_like(beta_vec), beta_vec)
+            if self.restart_guard is not None:
+                best_abs = abs_res if best_abs is None else torch.minimum(best_abs, abs_res)
+                far = abs_res > self.restart_guard * best_abs
+                grew = far if grew is None else grew | far
+            if grew is not None and bool(grew.any()):
+                t_vec = (
+                    torch.full((batch,), t_new, dtype=z0.dtype, device=z0.device)
+                    if isinstance(t_new, float)
+                    else t_new
+                )
+                beta_vec = torch.full_like(t_vec, beta) if isinstance(beta, float) else beta
+                t_new = torch.where(grew, torch.ones_like(t_vec), t_vec)
+                beta = torch.where(grew, torch.zeros_like(beta_vec), beta_vec)
             prev_abs = abs_res
             b = beta if isinstance(beta, float) else col(beta)
             s_new = z_new + b * (z_new - z_prev)
