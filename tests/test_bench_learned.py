@@ -363,3 +363,25 @@ def test_oder_bench_snr_by_source_averages_each_method_within_each_group():
     values = {"a": torch.tensor([30.0, 20.0, 34.0, 22.0]), "b": torch.tensor([1.0, 2.0, 3.0, 4.0])}
     out = snr_by_source(values, {"ellipses": [0, 2], "nilearn": [1, 3]})
     assert out == {"a": {"ellipses": 32.0, "nilearn": 21.0}, "b": {"ellipses": 2.0, "nilearn": 3.0}}
+
+
+def test_memory_submitted_before_the_operator_is_wrapped_measures_the_step_as_step_does(memory_meter):
+    # --quick times a step while the worker measures it: the bench wraps the operator's methods in
+    # local functions right after submitting, which must not reach the worker (they do not pickle)
+    from deqir.bench.oder import _OperatorMeter
+    from deqir.methods.unrolling import build_loop_unrolled
+    from deqir.physics.registry import build_operator
+    from deqir.priors import DnCNN
+
+    op = build_operator("blur", 16, kernel_size=5)
+    x = torch.rand(1, 1, 16, 16)
+    y, x0 = op.A(x), op.A_adjoint(op.A(x))
+    model = build_loop_unrolled(DnCNN(depth=3, width=4), steps=2)
+    pending = memory_meter.submit(model, op, x, y, x0)
+    wrapped = _OperatorMeter(op)
+    try:
+        model(y, op, init=x0).sum().backward()  # this process goes on with the wrapped operator
+        submitted = pending()
+    finally:
+        wrapped.close()
+    assert submitted["saved_bytes"] == memory_meter.step(model, op, x, y, x0)["saved_bytes"] > 0
