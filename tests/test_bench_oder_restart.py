@@ -127,3 +127,43 @@ def test_summary_compares_solvers_per_network_and_the_pair_trained_without_resta
     }
     assert s["ct_oder_no_restart_minus_tv_db"] == 0.0
     assert "ct_val_snr_gap_no_restart_db" not in s
+
+
+def test_mri_rows_are_each_model_with_its_own_solver_and_the_summary_pairs_them():
+    from deqir.bench import oder, oder_restart
+    from deqir.bench.common import split_images
+    from deqir.metrics import compute_metrics
+
+    def load(name):
+        with torch.random.fork_rng():
+            torch.manual_seed(len(name))
+            w = 4 if "w4" in name else None
+            return REDEquilibrium(
+                DnCNN(depth=3, width=4),
+                mode="deq" if w is None else "oder",
+                minibatch=w,
+                tau=0.05,
+                step=1.0,
+                max_iter=6,
+                restart="guard" not in name,
+            )
+
+    rows = oder_restart.mri_rows("test", 2, load=load, size=32)
+    assert set(rows) == set(oder_restart.MRI_NETWORKS)
+    op = build_operator("mri_multi", image_size=32, num_coils=8, acceleration=4)
+    x = split_images("brain", "test", 2, size=32)
+    y = oder._simulate(op, x, 40.0, seed=2)
+    x0 = oder._init(op, y, "zero_filled")
+    direct = load("oder_mri_w4_guard")  # ODER with its own restart setting (off) and tail averaging
+    direct.test_average = oder.MRI_TEST_AVERAGE
+    with torch.no_grad():
+        out = torch.cat([direct(y[i : i + 1], op, init=x0[i : i + 1]) for i in range(2)])
+    assert torch.allclose(
+        rows["oder_w4_guard"], compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+    )
+    s = oder_restart.mri_summary({"test": rows, "val": rows})
+    gap = float((rows["red_deq_guard"] - rows["oder_w4_guard"]).mean())
+    assert s["mri_snr_gap_guard_db"] == pytest.approx(gap) and s["mri_val_snr_gap_guard_db"] == pytest.approx(
+        gap
+    )
+    assert s["mri_snr_gap_restart_db"] == pytest.approx(float((rows["red_deq"] - rows["oder_w4"]).mean()))

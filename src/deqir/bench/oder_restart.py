@@ -15,8 +15,15 @@ iterations), with the restart on and off, on the whole validation and test split
   trained with it, is ``configs/oder_ct_{red_deq,w30}_restart.yaml``);
   ``ct_oder_no_restart_minus_tv_db``: that ODER against TV, tuned as in ``deqir bench oder``.
 
-The two splits run in two worker processes (one thread each). ``--quick``: 2 test images, the
-shipped pair trained with the restart only, no TV.
+Multi-coil MRI (8 coils, 4x Cartesian, 40 dB, as ``deqir bench oder``), whole test and
+validation splits, each model with its own solver as trained (full batch, or w = 4 coils then
+:data:`~deqir.bench.oder.MRI_TEST_AVERAGE` averaged iterations): the shipped pair trained with the
+restart and the pair trained without it but with its guard (``configs/oder_mri_*_guard.yaml``):
+``mri_snr_gap_{restart,guard}_db`` (RED(DEQ) minus ODER, with standard errors) and
+``mri_val_snr_gap_{restart,guard}_db``.
+
+The splits run in two worker processes (one thread each). ``--quick``: 2 CT test images, the
+shipped CT pair trained with the restart only, no TV, no MRI.
 
 Example:
     $ deqir bench oder_restart --json results/oder_restart.json
@@ -38,6 +45,13 @@ W = 30  # ODER's minibatch: 30 of 90 angles
 TRAINED_WITH_RESTART = {"red_deq": "oder_ct_red_deq_restart", "oder_w30": "oder_ct_w30_restart"}
 TRAINED_WITHOUT_RESTART = {"red_deq_no_restart": "oder_ct_red_deq", "oder_w30_no_restart": "oder_ct_w30"}
 TV_VAL_IMAGES = 4  # as deqir bench oder: TV's λ tuned on the first 4 validation images
+# MRI rows -> (shipped weights, w: None for the full batch)
+MRI_NETWORKS = {
+    "red_deq": ("oder_mri_red_deq", None),
+    "oder_w4": ("oder_mri_w4", 4),
+    "red_deq_guard": ("oder_mri_red_deq_guard", None),
+    "oder_w4_guard": ("oder_mri_w4_guard", 4),
+}
 
 
 def _networks(quick: bool) -> dict[str, tuple[str, tuple[bool, ...]]]:
@@ -94,6 +108,52 @@ def split_rows(
                 jobs.append((key, partial(solve, model, w, restart, op, y, x0)))
     outs = run_jobs(jobs, f"ct {split}")
     return {k: compute_metrics(v.clamp(0, 1), x)["snr"].flatten().double() for k, v in outs.items()}
+
+
+def mri_rows(
+    split: str, count: int | None, networks: dict = MRI_NETWORKS, load=load_shipped, size: int = 128
+):
+    """Per-image SNR of each MRI model (``networks``: row -> (name, w)) with its own solver as
+    trained (its adaptive-restart setting included) on ``count`` images of ``split``."""
+    from deqir.bench import oder
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    torch.set_num_threads(1)
+    op = build_operator("mri_multi", image_size=size, num_coils=8, acceleration=4)
+    x = split_images("brain", split, count, size=size)
+    y = oder._simulate(op, x, 40.0, seed=2)  # as the ODER bench's test sets
+    x0 = oder._init(op, y, "zero_filled")
+    jobs = []
+    for row, (name, w) in networks.items():
+        model = load(name)
+        average = oder.MRI_TEST_AVERAGE if w is not None else None
+        jobs.append((row, partial(oder._reconstruct_as_tested, model, w, model.max_iter, average, op, y, x0)))
+    outs = run_jobs(jobs, f"mri {split}")
+    return {k: compute_metrics(v[0].clamp(0, 1), x)["snr"].flatten().double() for k, v in outs.items()}
+
+
+def mri_summary(per_image: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """RED(DEQ) minus ODER for each MRI pair (``per_image[split][row]``), as the module docstring.
+
+    Example:
+        >>> t = torch.tensor
+        >>> snr = {"test": {"red_deq": t([2.0, 2.0]), "oder_w4": t([1.0, 1.0])}}
+        >>> mri_summary(snr)["mri_snr_gap_restart_db"]
+        1.0
+    """
+    s: dict = {}
+    for pair, (full, mini) in {
+        "restart": ("red_deq", "oder_w4"),
+        "guard": ("red_deq_guard", "oder_w4_guard"),
+    }.items():
+        test, val = per_image.get("test", {}), per_image.get("val", {})
+        if full in test and mini in test:
+            s[f"mri_snr_gap_{pair}_db"], s[f"mri_snr_gap_{pair}_se_db"] = paired_gap(test[full], test[mini])
+            s[f"mri_snr_{full}"], s[f"mri_snr_{mini}"] = float(test[full].mean()), float(test[mini].mean())
+        if full in val and mini in val:
+            s[f"mri_val_snr_gap_{pair}_db"] = float((val[full] - val[mini]).mean())
+    return s
 
 
 def _tv(count: int | None) -> torch.Tensor:
@@ -197,6 +257,10 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
             "solvers": f"Nesterov with each model's trained iterations; full batch, or w = {W} of 90 "
             "stratified angles then tail averaging as in deqir bench oder; adaptive restart on or off",
             "networks": {row: name for row, (name, _) in networks.items()},
+            "mri": "none (--quick)"
+            if quick
+            else "128², 8 coils, 4x Cartesian, 40 dB, zero-filled initialisation; networks "
+            + ", ".join(f"{row}: {name}" for row, (name, _) in MRI_NETWORKS.items()),
             "splits": {k: "whole" if v is None else v for k, v in counts.items()},
             "tv": "none (--quick)" if quick else f"λ tuned on the first {TV_VAL_IMAGES} validation images",
         },
@@ -205,9 +269,24 @@ def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchRepo
     with ProcessPoolExecutor(max_workers=2) as pool:
         futures = {split: pool.submit(split_rows, split, count, networks) for split, count in counts.items()}
         tv = None if quick else pool.submit(_tv, counts["test"])
+        mri = {} if quick else {split: pool.submit(mri_rows, split, None) for split in ("test", "val")}
         per_image = {split: f.result() for split, f in futures.items()}
         if tv is not None:
             per_image["test"]["tv"] = tv.result()
+        mri_per_image = {split: f.result() for split, f in mri.items()}
+    for split, rows in mri_per_image.items():
+        for row, snr in rows.items():
+            name, w = MRI_NETWORKS[row]
+            report.add_row(
+                section="mri",
+                split=split,
+                network=row,
+                weights=name,
+                solver="full" if w is None else f"w{w}",
+                images=int(snr.numel()),
+                snr=float(snr.mean()),
+            )
+    report.summary.update(mri_summary(mri_per_image))
     for split, rows in per_image.items():
         for key, snr in rows.items():
             network, solver, restart = key.split("|") if "|" in key else ("tv", "tv", "")
