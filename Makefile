@@ -71,14 +71,14 @@ clean:
 # 4, 2 of 8 coils), RED(DEQ) trained with Anderson to a tolerance (*_red_deq_anderson),
 # RED(Unfold), the U-Net post-processing baseline and CT RED(DEQ) and ODER (w = 30) again with
 # training seed 1 (*_seed1), and the first CT RED(DEQ) and ODER (w = 30), trained with Nesterov's
-# adaptive restart (*_restart; the headline CT pair is trained without it), the MRI pair trained
-# without it (*_guard, not yet benchmarked) from configs/oder_*.yaml,
+# adaptive restart (*_restart; the headline pairs are trained without it, with its guard),
+# from configs/oder_*.yaml,
 # export them into src/deqir/weights/, then benchmark (about 8 hours on two CPU cores).
 ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
             oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post \
             oder_ct_red_deq_anderson oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5 \
             oder_ct_red_deq_seed1 oder_ct_w30_seed1 oder_ct_red_deq_restart oder_ct_w30_restart \
-            oder_mri_red_deq_guard oder_mri_w4_guard
+            oder_mri_red_deq_restart oder_mri_w4_restart
 .PHONY: oder
 oder: $(STAMP)
 	for c in $(ODER_RUNS); do \

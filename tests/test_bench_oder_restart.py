@@ -137,7 +137,7 @@ def test_mri_rows_are_each_model_with_its_own_solver_and_the_summary_pairs_them(
     def load(name):
         with torch.random.fork_rng():
             torch.manual_seed(len(name))
-            w = 4 if "w4" in name else None
+            w = 4 if "w4" in name else None  # MRI_NETWORKS' weights names
             return REDEquilibrium(
                 DnCNN(depth=3, width=4),
                 mode="deq" if w is None else "oder",
@@ -145,7 +145,7 @@ def test_mri_rows_are_each_model_with_its_own_solver_and_the_summary_pairs_them(
                 tau=0.05,
                 step=1.0,
                 max_iter=6,
-                restart="guard" not in name,
+                restart="restart" in name,
             )
 
     rows = oder_restart.mri_rows("test", 2, load=load, size=32)
@@ -154,7 +154,7 @@ def test_mri_rows_are_each_model_with_its_own_solver_and_the_summary_pairs_them(
     x = split_images("brain", "test", 2, size=32)
     y = oder._simulate(op, x, 40.0, seed=2)
     x0 = oder._init(op, y, "zero_filled")
-    direct = load("oder_mri_w4_guard")  # ODER with its own restart setting (off) and tail averaging
+    direct = load("oder_mri_w4")  # ODER with its own restart setting (off) and tail averaging
     direct.test_average = oder.MRI_TEST_AVERAGE
     with torch.no_grad():
         out = torch.cat([direct(y[i : i + 1], op, init=x0[i : i + 1]) for i in range(2)])

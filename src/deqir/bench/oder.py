@@ -102,8 +102,8 @@ MRI_RUNS = (
     "oder_mri_red_deq_anderson_1e5",
     "oder_mri_w4",
     "oder_mri_w2",
-    "oder_mri_red_deq_guard",  # trained without the restart, with its guard: not yet benchmarked
-    "oder_mri_w4_guard",
+    "oder_mri_red_deq_restart",  # the first pair, trained with the adaptive restart: deqir bench oder_restart
+    "oder_mri_w4_restart",
 )
 # each CT network tested with the other's solver (rows, the variant whose network, the w of the
 # solver; None: full batch): is the target gap in the weights or in the test solver?

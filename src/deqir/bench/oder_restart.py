@@ -18,7 +18,8 @@ iterations), with the restart on and off, on the whole validation and test split
 Multi-coil MRI (8 coils, 4x Cartesian, 40 dB, as ``deqir bench oder``), whole test and
 validation splits, each model with its own solver as trained (full batch, or w = 4 coils then
 :data:`~deqir.bench.oder.MRI_TEST_AVERAGE` averaged iterations): the shipped pair trained with the
-restart and the pair trained without it but with its guard (``configs/oder_mri_*_guard.yaml``):
+restart (``configs/oder_mri_*_restart.yaml``) and the pair trained without it but with its guard
+(the headline pair of ``deqir bench oder``, ``configs/oder_mri_{red_deq,w4}.yaml``):
 ``mri_snr_gap_{restart,guard}_db`` (RED(DEQ) minus ODER, with standard errors) and
 ``mri_val_snr_gap_{restart,guard}_db``.
 
@@ -47,10 +48,10 @@ TRAINED_WITHOUT_RESTART = {"red_deq_no_restart": "oder_ct_red_deq", "oder_w30_no
 TV_VAL_IMAGES = 4  # as deqir bench oder: TV's λ tuned on the first 4 validation images
 # MRI rows -> (shipped weights, w: None for the full batch)
 MRI_NETWORKS = {
-    "red_deq": ("oder_mri_red_deq", None),
-    "oder_w4": ("oder_mri_w4", 4),
-    "red_deq_guard": ("oder_mri_red_deq_guard", None),
-    "oder_w4_guard": ("oder_mri_w4_guard", 4),
+    "red_deq": ("oder_mri_red_deq_restart", None),
+    "oder_w4": ("oder_mri_w4_restart", 4),
+    "red_deq_guard": ("oder_mri_red_deq", None),
+    "oder_w4_guard": ("oder_mri_w4", 4),
 }
 
 
