@@ -385,3 +385,27 @@ def test_memory_submitted_before_the_operator_is_wrapped_measures_the_step_as_st
     finally:
         wrapped.close()
     assert submitted["saved_bytes"] == memory_meter.step(model, op, x, y, x0)["saved_bytes"] > 0
+
+
+def test_oder_quick_mri_quality_in_a_second_process_equals_the_in_process_rows():
+    """--quick scores MRI in a spawned process while CT runs: same rows as in this process, whose
+    global RNG state differs (the ODER samplers and the noise draws are seeded per model and set)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from deqir.bench import oder
+
+    torch.manual_seed(123)  # another global state than the fresh process's
+    here = oder._mri_quality(True, 1, 1)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        there = pool.submit(oder._mri_quality, True, 1, 1, 1).result()
+    means, rows, panels, per_image = here
+
+    def scores(records):  # every field but the timing
+        return [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in records]
+
+    assert there[0] == means and scores(there[1]) == scores(rows)
+    assert {"red_deq", "oder_w4", "tv", "zero_filled"} <= set(means["test"])
+    assert panels.keys() == there[2].keys() == {"mri"}
+    for method, snr in per_image["test"].items():
+        assert torch.equal(snr, there[3]["test"][method])
