@@ -70,10 +70,10 @@ clean:
 # ODER (issue 6): pretrain the RED priors, fine-tune RED(DEQ), ODER (w = 30, 10 of 90 angles;
 # 4, 2 of 8 coils), RED(DEQ) trained with Anderson to a tolerance (*_red_deq_anderson),
 # RED(Unfold), the U-Net post-processing baseline and CT RED(DEQ) and ODER (w = 30) again with
-# training seed 1 (*_seed1), and the first CT RED(DEQ) and ODER (w = 30), trained with Nesterov's
-# adaptive restart (*_restart; the headline pairs are trained without it, with its guard),
-# from configs/oder_*.yaml,
-# export them into src/deqir/weights/, then benchmark (about 8 hours on two CPU cores).
+# training seed 1 (*_seed1), and the first CT and MRI pairs of RED(DEQ) and ODER, trained with
+# Nesterov's adaptive restart (*_restart; the headline pairs are trained without it, with its
+# guard), from configs/oder_*.yaml, export them into src/deqir/weights/, then benchmark (about
+# 8 hours on two CPU cores).
 ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
             oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post \
             oder_ct_red_deq_anderson oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5 \
