@@ -115,8 +115,10 @@ class REDEquilibrium(nn.Module):
             its residual exceeds this multiple of its smallest residual so far (``None``: off).
             It keeps a diverging iteration in check (the CT models trained without the restart
             diverge on some real CT slices without it, and recover with it) and ignores the
-            small rises the minibatch noise causes (on the CT test split it never fires for the
-            shipped pair, ``results/oder_restart.json``). Redundant with the adaptive restart,
+            small rises the minibatch noise causes (on the CT test split it leaves the shipped
+            pair's outputs, each with its own solver, as without it: ``results/oder.json``
+            against ``git show 50fb86d:results/oder_restart.json``; it does act on RED(DEQ)'s
+            network run with ODER's minibatches). Redundant with the adaptive restart,
             so unused when ``restart`` is on. Default 3.
     """
 
