@@ -150,7 +150,7 @@ def test_mri_rows_are_each_model_with_its_own_solver_and_the_summary_pairs_them(
 
     rows = oder_restart.mri_rows("test", 2, load=load, size=32)
     assert set(rows) == set(oder_restart.MRI_NETWORKS)
-    op = build_operator("mri_multi", image_size=32, num_coils=8, acceleration=4)
+    op = build_operator("mri_multi", image_size=32, num_coils=8, acceleration=4)  # as the ODER bench
     x = split_images("brain", "test", 2, size=32)
     y = oder._simulate(op, x, 40.0, seed=2)
     x0 = oder._init(op, y, "zero_filled")

@@ -118,12 +118,11 @@ def mri_rows(
     trained (its adaptive-restart setting included) on ``count`` images of ``split``."""
     from deqir.bench import oder
     from deqir.metrics import compute_metrics
-    from deqir.physics.registry import build_operator
 
     torch.set_num_threads(1)
-    op = build_operator("mri_multi", image_size=size, num_coils=8, acceleration=4)
+    op = oder.mri_operator(size)
     x = split_images("brain", split, count, size=size)
-    y = oder._simulate(op, x, 40.0, seed=2)  # as the ODER bench's test sets
+    y = oder._simulate(op, x, oder.MRI_SNR_DB, seed=2)  # as the ODER bench's test sets
     x0 = oder._init(op, y, "zero_filled")
     jobs = []
     for row, (name, w) in networks.items():
