@@ -5,6 +5,7 @@ Example:
     $ deqir demo --out out
     $ deqir train configs/denoiser_tiny.yaml
     $ deqir eval runs/denoiser_tiny
+    $ deqir curves runs/denoiser_tiny runs/denoiser_small --json out/curves.json
     $ deqir data --list
     $ deqir weights list
     $ deqir reconstruct --task ct --input slice.dcm --out out/ct
@@ -71,6 +72,22 @@ def tables(
             f"bench {report['bench']!r} has no README tables; `deqir bench` prints its full table"
         )
     typer.echo(module.markdown_tables(report))
+
+
+@app.command()
+def curves(
+    runs: list[Path] = typer.Argument(..., help="Run folders written by `deqir train`."),
+    json_path: Path = typer.Option(
+        None, "--json", help="Save the report here and its figure beside it (.png)."
+    ),
+) -> None:
+    """Compare the validation curves of training runs: best PSNR, its step, and the settings that differ."""
+    from deqir.train.curves import compare_runs, curves_table
+
+    report = compare_runs(runs, json_path=json_path)
+    typer.echo(curves_table(report))
+    if json_path is not None:
+        typer.echo(f"wrote {json_path} and {report['figure']}")
 
 
 @app.command()
