@@ -66,6 +66,9 @@ def test_bad_run_folders_get_clear_errors(tmp_path):
     (run / "log.jsonl").unlink()
     with pytest.raises(DataError, match="log.jsonl is missing"):
         compare_runs([run])
+    (run / "config.yaml").write_text("- a\n- b\n")
+    with pytest.raises(DataError, match="not a mapping"):
+        compare_runs([run])
     other = tmp_path / "x"
     other.mkdir()
     twin = _run(other, "broken", 1e-3, [(50, 40.0)])

@@ -71,6 +71,8 @@ def _run_summary(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         config = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as err:
         raise DataError(f"{config_path} is not valid YAML ({err}); the run folder is corrupt") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{config_path} is not a mapping of config sections; the run folder is corrupt")
     records = read_log(run_dir / "log.jsonl")
     by_step: dict[int, float] = {}
     for record in records:
