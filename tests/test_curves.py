@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from deqir.errors import DataError, InvalidValueError
+from deqir.errors import ConfigError, DataError, InvalidValueError
 from deqir.train.curves import compare_runs, curves_table, read_log
 
 
@@ -23,7 +23,7 @@ def _run(tmp_path, name, lr, val, extra=()):
 
 def test_compare_runs_reports_curves_best_and_differing_settings(tmp_path):
     a = _run(tmp_path, "slow", 3e-4, [(50, 40.0), (100, 41.0), (150, 40.5)])
-    # a resumed run logs step 100 twice: the later record counts
+    # a log with step 100 twice: the later record counts
     b = _run(
         tmp_path,
         "fast",
@@ -67,7 +67,7 @@ def test_bad_run_folders_get_clear_errors(tmp_path):
     with pytest.raises(DataError, match="log.jsonl is missing"):
         compare_runs([run])
     (run / "config.yaml").write_text("- a\n- b\n")
-    with pytest.raises(DataError, match="not a mapping"):
+    with pytest.raises(ConfigError, match="must hold a mapping"):
         compare_runs([run])
     other = tmp_path / "x"
     other.mkdir()

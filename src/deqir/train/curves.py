@@ -5,8 +5,7 @@ train`` writes them) and returns, per run, its validation PSNR against the step,
 and its step, the last step logged, and the settings in which the runs differ (every config key
 whose value is not the same in all of them, e.g. ``train.lr`` or ``model.name``). With
 ``json_path`` it saves that report, and a figure of the curves beside it (``x.json`` ->
-``x.png``). A resumed run repeats the steps between its last checkpoint and the interruption; the
-last record of each step is kept.
+``x.png``). Should a log hold a step twice, its last record counts.
 
 Example:
     >>> from deqir.train.curves import compare_runs
@@ -60,24 +59,18 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _run_summary(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    import yaml
+    from deqir.train.config import read_yaml
 
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise DataError(
             f"{run_dir} is not a run folder (no config.yaml): pass the folder `deqir train` printed"
         )
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DataError(f"{config_path} is not valid YAML ({err}); the run folder is corrupt") from None
-    if not isinstance(config, dict):
-        raise DataError(f"{config_path} is not a mapping of config sections; the run folder is corrupt")
+    config = read_yaml(run_dir / "config.yaml")
     records = read_log(run_dir / "log.jsonl")
     by_step: dict[int, float] = {}
     for record in records:
         if "val_psnr" in record:
-            by_step[int(record["step"])] = float(record["val_psnr"])  # a resumed step: the last record
+            by_step[int(record["step"])] = float(record["val_psnr"])  # a repeated step: the last record
     validations = sorted(by_step.items())
     best_step, best = max(validations, key=lambda item: item[1]) if validations else (None, None)
     summary = {
