@@ -12,6 +12,7 @@ import torch
 from deqir.errors import CheckpointError
 from deqir.priors.dncnn import DnCNN
 from deqir.train.checkpoint import (
+    fold_spectral_norm,
     load_checkpoint,
     load_state_checked,
     load_weights,
@@ -117,6 +118,63 @@ def test_weights_wrong_architecture_is_refused(tmp_path):
         load_weights(path, DnCNN(depth=2, width=8))
     with pytest.raises(CheckpointError, match="missing"):  # spectral norm renames parameters
         load_weights(path, _net(spectral_norm=True))
+
+
+def _trained_sn(net, steps=3):
+    """A spectral-normalised network whose power iteration has moved (training mode) and whose
+    weights changed, so ``u``, ``v`` and ``W`` are not their initial values."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        net(torch.rand(2, 1, 16, 16)).pow(2).mean().backward()
+        opt.step()
+    return net.eval()
+
+
+def test_spectral_norm_weights_load_into_the_plain_network(tmp_path):
+    sn = _trained_sn(_net(spectral_norm=True))
+    path = save_weights(sn, tmp_path / "sn.safetensors")
+    plain = load_weights(path, _net(spectral_norm=False)).eval()
+    x = torch.rand(3, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), sn(x), atol=1e-6)
+        # the raw kernels alone would not do: their norms differ from 1 by far more than that
+        raw = _net(spectral_norm=False).eval()
+        state = {
+            k.replace("parametrizations.weight.original", "weight"): v for k, v in sn.state_dict().items()
+        }
+        raw.load_state_dict({k: v for k, v in state.items() if "._" not in k})
+        assert not torch.allclose(raw(x), sn(x), atol=1e-3)
+    # the other direction stays an error: a plain file has no normalisation to restore
+    with pytest.raises(CheckpointError, match="missing"):
+        load_weights(save_weights(plain, tmp_path / "plain.safetensors"), _net(spectral_norm=True))
+
+
+def test_fold_spectral_norm_transposed_convolution_and_kept_layers():
+    torch.manual_seed(1)
+    sn_net = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(1, 4, 3, padding=1)),
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.ConvTranspose2d(4, 6, 2, stride=2)),
+    )
+    sn_net.train()
+    for _ in range(3):
+        sn_net(torch.rand(1, 1, 8, 8))  # power iterations
+    sn_net.eval()
+    target = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(1, 4, 3, padding=1)),
+        torch.nn.ConvTranspose2d(4, 6, 2, stride=2),
+    )
+    state = fold_spectral_norm(sn_net.state_dict(), target)
+    assert "0.parametrizations.weight.original" in state and "1.weight" in state  # layer 0 kept
+    assert not [k for k in state if k.startswith("1.parametrizations")]
+    target.load_state_dict(state)
+    target.eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(target(x), sn_net(x), atol=1e-6)
+    broken = {k: v for k, v in sn_net.state_dict().items() if not k.endswith("_v")}
+    with pytest.raises(CheckpointError, match="power-iteration vectors"):
+        fold_spectral_norm(broken, target)
 
 
 def _train_state():

@@ -549,3 +549,38 @@ def test_resumed_oder_run_continues_its_minibatch_draws(tmp_path):
     a, b = final_weights(straight), final_weights(stopped)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_model_weights_of_a_trained_method_set_the_whole_method(tmp_path):
+    """``model.weights`` = a run's weights: network and learned step/τ come from it, here into the
+    same network without spectral normalisation (fine-tuning a trained DEQ unconstrained)."""
+    from deqir.train.trainer import build_model_from_config
+
+    raw = _tiny_oder(tmp_path, 4)
+    raw["model"]["options"]["spectral_norm"] = True
+    raw["method"]["options"]["tau"] = 0.05
+    run = train_from_config(raw, run_dir=tmp_path / "sn", device="cpu")
+    trained = build_model_from_config(config_from_dict(raw), initial_weights=False)
+    load_weights(run / "weights" / "final.safetensors", trained)
+    trained.eval()
+    from deqir.bench.common import load_run  # the benches' reader of a run folder
+
+    best = load_run(run)
+    assert not best.training and best.mode == "oder"
+    assert set(best.state_dict()) == set(trained.state_dict())
+
+    again = dict(raw, model={"options": {"depth": 3, "width": 8, "spectral_norm": False}})
+    again["model"]["weights"] = str(run / "weights" / "final.safetensors")
+    again["method"] = {**raw["method"], "options": {**raw["method"]["options"], "step": 0.3, "tau": 0.2}}
+    method = build_model_from_config(config_from_dict(again)).eval()
+    torch.testing.assert_close(method.raw_parameters, trained.raw_parameters, rtol=0, atol=0)
+    assert abs(float(method.tau.detach()) - 0.2) > 1e-3  # the config's τ was replaced by the learned one
+    assert not any("parametrizations" in k for k in method.state_dict())
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(method.network(x), trained.network(x), rtol=0, atol=1e-6)
+
+    # a network-only model cannot take a method's file: a clear error, not a silent partial load
+    plain = dict(again, method={"name": "none"})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_model_from_config(config_from_dict(plain))

@@ -6,7 +6,8 @@ Two formats:
   the configuration, the metrics, the code version and the SHA-256 of the weights file.
   :func:`load_weights` checks the digest (a tampered or truncated file is refused) and the
   parameter names and shapes against the model (a wrong architecture is refused, naming the
-  first differences).
+  first differences). Weights of a spectral-normalised network load into the same network
+  without spectral normalisation (:func:`fold_spectral_norm`), for fine-tuning it unconstrained.
 * **training checkpoints** (what resumes a run): model, optimiser, scheduler, step, best metric
   and random-number states, written with ``torch.save`` and read back only with
   ``torch.load(weights_only=True)``. The state is serialised, hashed, and stored as a byte
@@ -172,6 +173,9 @@ def load_weights(
         device: where the tensors go when no model is given.
         strict: with a model, refuse missing or unexpected parameters.
 
+    A file of a spectral-normalised network loads into ``model`` without spectral normalisation
+    through :func:`fold_spectral_norm` (the layers get the normalised weights they used).
+
     Raises:
         CheckpointError: missing, tampered, truncated or mismatched file.
     """
@@ -203,8 +207,55 @@ def load_weights(
     if model is None:
         return {k: v.to(device) for k, v in state.items()}
     _check_read_out(side, model, path)
-    load_state_checked(model, state, path, strict=strict)
+    load_state_checked(model, fold_spectral_norm(state, model), path, strict=strict)
     return model
+
+
+_SN_WEIGHT = "parametrizations.weight.original"
+
+
+def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A spectral-normalised network's ``state_dict`` for ``model``, which lacks the normalisation.
+
+    :func:`torch.nn.utils.parametrizations.spectral_norm` stores the raw kernel ``W`` and its
+    power-iteration vectors ``u``, ``v``; in eval mode the layer computes with ``W / σ``,
+    ``σ = uᵀ W v`` (``W`` as a matrix, rows along dimension 1 for transposed convolutions,
+    else 0). Each layer that ``model`` has without the normalisation gets that ``W / σ``, so it
+    computes what the normalised layer computed; every other entry is returned unchanged.
+
+    Example:
+        >>> import torch
+        >>> sn = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(3, 2)).eval()
+        >>> plain = torch.nn.Linear(3, 2)
+        >>> _ = plain.load_state_dict(fold_spectral_norm(sn.state_dict(), plain))
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(plain(x), sn(x))
+        True
+    """
+    own = model.state_dict()
+    out = dict(state)
+    for key in state:
+        if not key.endswith(_SN_WEIGHT):
+            continue
+        prefix = key[: -len(_SN_WEIGHT)]
+        if prefix + "weight" not in own or key in own:
+            continue  # the model keeps this layer normalised (or has no such layer: a mismatch later)
+        u = state.get(prefix + "parametrizations.weight.0._u")
+        v = state.get(prefix + "parametrizations.weight.0._v")
+        if u is None or v is None:
+            raise CheckpointError(
+                f"weights entry {key} has no power-iteration vectors (_u, _v) beside it: the file "
+                "is not a complete spectral-normalised state; re-export it from its run"
+            )
+        layer = model.get_submodule(prefix[:-1]) if prefix else model
+        dim = 1 if isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) else 0
+        weight = state[key]
+        matrix = weight.movedim(dim, 0).reshape(weight.shape[dim], -1)
+        sigma = torch.dot(u, matrix @ v)
+        out[prefix + "weight"] = weight / sigma
+        for part in (_SN_WEIGHT, "parametrizations.weight.0._u", "parametrizations.weight.0._v"):
+            out.pop(prefix + part)
+    return out
 
 
 def _check_read_out(side: dict[str, Any] | None, model: nn.Module, path: Path) -> None:
@@ -214,6 +265,7 @@ def _check_read_out(side: dict[str, Any] | None, model: nn.Module, path: Path) -
     weights into an unscaled network (or the reverse) would give wrong outputs, not an error.
     """
     options = (((side or {}).get("config") or {}).get("model") or {}).get("options") or {}
+    model = getattr(model, "network", model)  # a whole method: its network reads out
     if not hasattr(model, "sigma_scaled_residual"):
         return
     saved, own = bool(options.get("sigma_scaled_residual", False)), bool(model.sigma_scaled_residual)

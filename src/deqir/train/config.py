@@ -122,7 +122,10 @@ class ModelConfig:
     Attributes:
         name: a name of :data:`deqir.train.registry.MODELS` or ``"package.module:callable"``.
         options: keyword arguments of the model's constructor (checked against its signature).
-        weights: safetensors file to initialise the network from (e.g. a pretrained denoiser).
+        weights: safetensors file to initialise the network from (e.g. a pretrained denoiser,
+            ``pretrained:NAME``), or a run's weights (``runs/NAME/weights/best.safetensors``), which
+            initialise the whole method, its learned step and τ included. Spectral-normalised
+            weights also load into the network without spectral normalisation.
     """
 
     name: str = "dncnn"

@@ -146,6 +146,12 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.Module:
     """The network of ``config.model`` (with ``model.weights`` loaded) wrapped by ``config.method``.
 
+    ``model.weights`` is a network's weights (a pretrained prior) or a trained method's (a run's
+    ``weights/best.safetensors``, whose names start with ``network.``): the latter sets the whole
+    method, its learned parameters (step, τ) included, so a run can be fine-tuned further with
+    other settings. Either may come from a spectral-normalised network while ``model.options``
+    turn the normalisation off (:func:`deqir.train.checkpoint.fold_spectral_norm`).
+
     Example:
         >>> from deqir.train.config import config_from_dict
         >>> cfg = config_from_dict({"physics": {"noise_sigma": 0.1},
@@ -156,9 +162,25 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     from deqir.train.registry import build_method, build_model
 
     network = build_model(config.model.name, config.model.options)
-    if initial_weights and config.model.weights:
-        ckpt.load_weights(resolve_weights_path(config.model.weights), network)
-    return build_method(config.method.name, network, config.method.options)
+    path = resolve_weights_path(config.model.weights) if initial_weights and config.model.weights else None
+    whole_method = path is not None and config.method.name not in ("none", "", None) and _holds_method(path)
+    if path is not None and not whole_method:
+        ckpt.load_weights(path, network)  # before the method is built: some copy the network
+    method = build_method(config.method.name, network, config.method.options)
+    if whole_method:
+        ckpt.load_weights(path, method)
+    return method
+
+
+def _holds_method(path: Path) -> bool:
+    """Whether a weights file holds a whole method (its network's names start with ``network.``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.startswith("network.") for k in f.keys())  # noqa: SIM118 (not iterable)
+    except Exception:  # missing or corrupt: load_weights names the problem
+        return False
 
 
 def resolve_weights_path(spec: str | Path) -> Path:
