@@ -174,7 +174,7 @@ def test_cli_bench_writes_the_figure_beside_the_report(tmp_path, monkeypatch):
     assert calls[-1] is None  # no report path: the bench keeps its own default
 
 
-@pytest.mark.parametrize("name", ["baselines", "oder", "elder", "luser", "idt"])
+@pytest.mark.parametrize("name", ["baselines", "oder", "oder_finetunes", "elder", "luser", "idt"])
 def test_benches_that_draw_accept_a_figure_path(name):
     import inspect
 

@@ -29,7 +29,9 @@ app = typer.Typer(
 @app.command()
 def bench(
     name: str = typer.Argument(
-        ..., help="operators, solvers, denoisers, baselines, oder, oder_restart, elder, luser, idt."
+        ...,
+        help="operators, solvers, denoisers, baselines, oder, oder_restart, oder_finetunes, elder, "
+        "luser, idt.",
     ),
     quick: bool = typer.Option(False, "--quick", help="Reduced version (under a minute)."),
     json_path: Path = typer.Option(None, "--json", help="Where to save the JSON report."),

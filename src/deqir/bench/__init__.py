@@ -15,7 +15,18 @@ from __future__ import annotations
 
 import importlib
 
-_BENCHES = ("operators", "solvers", "denoisers", "baselines", "oder", "oder_restart", "elder", "luser", "idt")
+_BENCHES = (
+    "operators",
+    "solvers",
+    "denoisers",
+    "baselines",
+    "oder",
+    "oder_restart",
+    "oder_finetunes",
+    "elder",
+    "luser",
+    "idt",
+)
 
 
 def available_benches() -> tuple[str, ...]:

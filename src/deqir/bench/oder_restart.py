@@ -86,20 +86,34 @@ def solve(model, w: int | None, restart: bool, op, y, x0) -> torch.Tensor:
     return oder._reconstruct(model, op, y, x0)[0]
 
 
-def split_rows(
-    split: str, count: int | None, networks: dict, load=load_shipped, size: int = 128
-) -> dict[str, torch.Tensor]:
-    """Per-image SNR of every (network, solver, restart) on ``count`` images of ``split`` (``None``:
-    all), the models from ``load(name)``; keys ``network|full|restart`` or ``network|w30|no_restart``."""
+def ct_split(split: str, count: int | None, size: int = 128) -> tuple:
+    """``(op, x, y, x0)``: the CT operator (90 angles), ``count`` images of ``split`` (``None``: all),
+    their 50 dB measurements as ``deqir bench oder`` simulates its test sets, and the FBP start;
+    in a worker, torch set to one thread.
+
+    Example:
+        >>> op, x, y, x0 = ct_split("test", 1, size=32)
+        >>> x.shape == x0.shape
+        True
+    """
     from deqir.bench import oder
-    from deqir.metrics import compute_metrics
     from deqir.physics.registry import build_operator
 
     torch.set_num_threads(1)
     op = build_operator("ct", image_size=size, num_angles=90)
     x = split_images(SOURCE, split, count, size=size)
     y = oder._simulate(op, x, 50.0, seed=2)  # as the ODER bench's test sets
-    x0 = oder._init(op, y, "fbp")
+    return op, x, y, oder._init(op, y, "fbp")
+
+
+def split_rows(
+    split: str, count: int | None, networks: dict, load=load_shipped, size: int = 128
+) -> dict[str, torch.Tensor]:
+    """Per-image SNR of every (network, solver, restart) on ``count`` images of ``split`` (``None``:
+    all), the models from ``load(name)``; keys ``network|full|restart`` or ``network|w30|no_restart``."""
+    from deqir.metrics import compute_metrics
+
+    op, x, y, x0 = ct_split(split, count, size)
     jobs = []
     for row, (name, restarts) in networks.items():
         model = load(name)

@@ -1,0 +1,229 @@
+"""``deqir bench oder_finetunes``: the CT fine-tuning experiments against TV, on the test split.
+
+Issue 6's one unmet target is ODER minus TV on CT (``ct_oder_minus_tv_db`` of ``deqir bench
+oder``). ``make oder-finetunes`` fine-tunes the shipped CT pair (ODER, w = 30 of 90 angles, and
+RED(DEQ)) further in three ways, each pair alike (``configs/oder_ct_{w30,red_deq}_{variant}.yaml``):
+``nosn`` without spectral normalisation, ``k20`` with a 20-step undamped phantom gradient,
+``implicit`` with the implicit gradient. Their validation curves are in
+``results/oder_ct_finetune_curves.json`` (``deqir curves``); this bench tests their best weights
+(``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests the shipped pair:
+128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with fresh stratified
+minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations, RED(DEQ) with
+all angles; TV's λ tuned on the first 4 validation images. The ``shipped`` variant is the shipped
+pair itself, so its rows repeat ``deqir bench oder``'s.
+
+Summary, for each variant whose two runs exist (the others are listed in ``config.missing``):
+
+- ``ct_oder_minus_tv_{variant}_db`` (with ``_se_db`` and ``_by_source``): ODER minus TV, per
+  test image, averaged;
+- ``ct_snr_gap_{variant}_db`` (with ``_se_db``): RED(DEQ) minus ODER on test;
+  ``ct_val_snr_gap_{variant}_db`` on the whole validation split;
+- ``ct_snr_{variant}_oder_w30``, ``ct_snr_{variant}_red_deq``: mean test SNR (dB).
+
+``config.runs`` records each run's end of training (its ``metrics.json``: steps, best validation
+PSNR), or that it has not finished.
+
+The splits run in two worker processes (one thread each). ``--quick``: 2 test images, no
+validation split, no TV.
+
+Example:
+    $ deqir bench oder_finetunes --json results/oder_finetunes.json
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deqir.bench.common import BenchReport, load_run, load_shipped, paired_gap, run_jobs
+
+SOURCE = "ct_phantoms+brain"
+W = 30  # ODER's minibatch: 30 of 90 angles
+#: variant -> (ODER run, RED(DEQ) run); ``shipped`` is the shipped pair the others start from.
+VARIANTS = {
+    "shipped": ("oder_ct_w30", "oder_ct_red_deq"),
+    "nosn": ("oder_ct_w30_nosn", "oder_ct_red_deq_nosn"),
+    "k20": ("oder_ct_w30_k20", "oder_ct_red_deq_k20"),
+    "implicit": ("oder_ct_w30_implicit", "oder_ct_red_deq_implicit"),
+}
+
+
+def available_variants(runs_dir: str | Path = "runs") -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """The variants whose two runs have best weights in ``runs_dir`` (``shipped`` always), and the
+    names of the missing runs.
+
+    Example:
+        >>> found, missing = available_variants("no/such/folder")
+        >>> list(found), missing[:2]
+        (['shipped'], ['oder_ct_w30_nosn', 'oder_ct_red_deq_nosn'])
+    """
+    found, missing = {}, []
+    for variant, names in VARIANTS.items():
+        absent = [n for n in names if not (Path(runs_dir) / n / "weights" / "best.safetensors").is_file()]
+        if variant == "shipped" or not absent:
+            found[variant] = names
+        missing += absent if variant != "shipped" else []
+    return found, missing
+
+
+def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
+    """For each run, what its ``metrics.json`` says of the end of its training (steps, best
+    validation PSNR), or ``{"finished": False}`` when it has none (still training, or stopped).
+
+    Example:
+        >>> run_status("no/such/folder", ["oder_ct_w30_nosn"])
+        {'oder_ct_w30_nosn': {'finished': False}}
+    """
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        path = Path(runs_dir) / name / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+            out[name] = {"finished": True, "step": metrics["step"], "best_val_psnr": metrics["best_val_psnr"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            out[name] = {"finished": False}
+    return out
+
+
+def _loader(runs_dir: str | Path):
+    shipped = set(VARIANTS["shipped"])
+    return lambda name: load_shipped(name) if name in shipped else load_run(Path(runs_dir) / name)
+
+
+def split_rows(
+    split: str, count: int | None, variants: dict, load=None, runs_dir: str | Path = "runs", size: int = 128
+) -> dict[str, torch.Tensor]:
+    """Per-image SNR of every variant's ODER (key ``{variant}|oder_w30``) and RED(DEQ)
+    (``{variant}|red_deq``) on ``count`` images of ``split`` (``None``: all), each with its own
+    solver as trained; the models from ``load(name)`` (default: shipped or ``runs_dir/name``)."""
+    from deqir.bench import oder
+    from deqir.bench.oder_restart import ct_split
+    from deqir.metrics import compute_metrics
+
+    load = load or _loader(runs_dir)
+    op, x, y, x0 = ct_split(split, count, size)
+    jobs = []
+    for variant, (oder_name, red_name) in variants.items():
+        for row, name, w in (("oder_w30", oder_name, W), ("red_deq", red_name, None)):
+            model = load(name)
+            average = oder.TEST_AVERAGE if w is not None else None
+            solve = partial(oder._reconstruct_as_tested, model, w, model.max_iter, average, op, y, x0)
+            jobs.append((f"{variant}|{row}", solve))
+    outs = run_jobs(jobs, f"ct {split}")
+    return {k: compute_metrics(v[0].clamp(0, 1), x)["snr"].flatten().double() for k, v in outs.items()}
+
+
+def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, list[int]]) -> dict[str, Any]:
+    """The summary keys of the module docstring from per-image SNRs (``per_image[split][key]``,
+    TV under ``per_image["test"]["tv"]``) and the test images' sources (``groups``).
+
+    Example:
+        >>> t = torch.tensor
+        >>> snr = {"test": {"a|oder_w30": t([3.0, 1.0]), "a|red_deq": t([2.0, 2.0]), "tv": t([2.0, 1.0])}}
+        >>> s = summarise(snr, {"x": [0], "y": [1]})
+        >>> s["ct_oder_minus_tv_a_db"], s["ct_snr_gap_a_db"], s["ct_oder_minus_tv_a_by_source"]["y"]["db"]
+        (0.5, 0.0, 0.0)
+    """
+    from deqir.bench.oder import gap_by_source
+
+    s: dict[str, Any] = {}
+    test, val = per_image.get("test", {}), per_image.get("val", {})
+    variants = sorted({k.split("|")[0] for k in test if "|" in k})
+    for v in variants:
+        mini, full = test.get(f"{v}|oder_w30"), test.get(f"{v}|red_deq")
+        if mini is None or full is None:
+            continue
+        s[f"ct_snr_{v}_oder_w30"], s[f"ct_snr_{v}_red_deq"] = float(mini.mean()), float(full.mean())
+        s[f"ct_snr_gap_{v}_db"], s[f"ct_snr_gap_{v}_se_db"] = paired_gap(full, mini)
+        if f"{v}|oder_w30" in val and f"{v}|red_deq" in val:
+            s[f"ct_val_snr_gap_{v}_db"] = float((val[f"{v}|red_deq"] - val[f"{v}|oder_w30"]).mean())
+        if "tv" in test:
+            s[f"ct_oder_minus_tv_{v}_db"], s[f"ct_oder_minus_tv_{v}_se_db"] = paired_gap(mini, test["tv"])
+            s[f"ct_oder_minus_tv_{v}_by_source"] = gap_by_source(mini, test["tv"], groups)
+    return s
+
+
+def _figure(report: BenchReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deqir.figures import save_figure
+
+    rows = [r for r in report.rows if r["split"] == "test"]
+    sources = [k.removeprefix("snr_") for k in rows[0] if k.startswith("snr_")] if rows else []
+    n = max(len(sources), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    labels = [r["method"] if r["method"] == "tv" else f"{r['variant']}: {r['method']}" for r in rows]
+    colors = {"tv": "C2", "oder_w30": "C0", "red_deq": "C1"}
+    for ax, src in zip(axes[0], sources, strict=False):
+        values = [r[f"snr_{src}"] for r in rows]
+        ax.barh(range(len(rows)), values, color=[colors[r["method"]] for r in rows])
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xlim(min(values) - 2, max(values) + 1)
+        ax.set_title(f"CT test, {src}: SNR (dB)", fontsize=8)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def run(
+    quick: bool = False, figure_path: str | Path | None = None, runs_dir: str | Path = "runs"
+) -> BenchReport:
+    """Run the benchmark (see the module docstring); returns the report."""
+    from deqir.bench.oder import _sources
+    from deqir.bench.oder_restart import _tv
+
+    figure_path = Path(
+        figure_path or ("out/oder_finetunes_quick.png" if quick else "results/oder_finetunes.png")
+    )
+    variants, missing = available_variants(runs_dir)
+    counts = {"test": 2 if quick else None} | ({} if quick else {"val": None})
+    report = BenchReport(
+        "oder_finetunes",
+        config={
+            "quick": quick,
+            "ct": "128², 90 angles, 50 dB input SNR, FBP initialisation",
+            "solvers": f"Nesterov with each run's trained iterations; ODER w = {W} of 90 stratified "
+            "angles then tail averaging as in deqir bench oder; RED(DEQ) all angles",
+            "variants": {v: {"oder_w30": a, "red_deq": b} for v, (a, b) in variants.items()},
+            "weights": f"shipped for 'shipped', else {runs_dir}/<run>/weights/best.safetensors",
+            "missing": missing,
+            "runs": run_status(
+                runs_dir, [n for v, names in variants.items() if v != "shipped" for n in names]
+            ),
+            "splits": {k: "whole" if v is None else v for k, v in counts.items()},
+            "tv": "none (--quick)" if quick else "λ tuned on the first 4 validation images",
+        },
+    )
+    groups = {split: _sources(SOURCE, split, count) for split, count in counts.items()}
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = {
+            split: pool.submit(split_rows, split, count, variants, runs_dir=runs_dir)
+            for split, count in counts.items()
+        }
+        tv = None if quick else pool.submit(_tv, counts["test"])
+        per_image = {split: f.result() for split, f in futures.items()}
+        if tv is not None:
+            per_image["test"]["tv"] = tv.result()
+    for split, rows in per_image.items():
+        for key, snr in rows.items():
+            variant, method = key.split("|") if "|" in key else ("", "tv")
+            report.add_row(
+                split=split,
+                variant=variant,
+                method=method,
+                images=int(snr.numel()),
+                snr=float(snr.mean()),
+                **{f"snr_{g}": float(snr[idx].mean()) for g, idx in groups[split].items()},
+            )
+    report.summary.update(summarise(per_image, groups["test"]))
+    report.config["figure"] = str(_figure(report, figure_path))
+    return report

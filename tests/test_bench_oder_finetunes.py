@@ -1,0 +1,88 @@
+"""``deqir bench oder_finetunes``: the fine-tuned CT runs tested as ``deqir bench oder`` tests the
+shipped pair, next to TV; runs read from a run folder; missing runs listed, not guessed."""
+
+import pytest
+import torch
+
+from deqir.bench import oder_finetunes
+from deqir.errors import CheckpointError
+from deqir.methods.equilibrium import REDEquilibrium
+from deqir.priors import DnCNN
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _stand_in(name):  # small weights that differ by name, without touching the global stream
+    with torch.random.fork_rng():
+        torch.manual_seed(len(name))
+        mode, w = ("oder", 30) if "w30" in name else ("deq", None)
+        return REDEquilibrium(DnCNN(depth=3, width=4), mode=mode, minibatch=w, tau=0.05, step=1.5, max_iter=6)
+
+
+def test_rows_are_each_model_with_its_own_solver():
+    from deqir.bench import oder
+    from deqir.bench.common import split_images
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    variants = {"shipped": oder_finetunes.VARIANTS["shipped"], "nosn": oder_finetunes.VARIANTS["nosn"]}
+    rows = oder_finetunes.split_rows("test", 2, variants, load=_stand_in, size=32)
+    assert set(rows) == {"shipped|oder_w30", "shipped|red_deq", "nosn|oder_w30", "nosn|red_deq"}
+    assert all(v.shape == (2,) and bool(torch.isfinite(v).all()) for v in rows.values())
+    # RED(DEQ)'s row is deterministic: rebuilt here with the full-batch test solver it matches
+    op = build_operator("ct", image_size=32, num_angles=90)
+    x = split_images(oder_finetunes.SOURCE, "test", 2, size=32)
+    y = oder._simulate(op, x, 50.0, seed=2)
+    model = _stand_in("oder_ct_red_deq_nosn")
+    out, _ = oder._reconstruct_as_tested(model, None, model.max_iter, None, op, y, oder._init(op, y, "fbp"))
+    expected = compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+    torch.testing.assert_close(rows["nosn|red_deq"], expected)
+    assert not torch.equal(rows["nosn|red_deq"], rows["shipped|red_deq"])  # other weights, other row
+
+
+def test_summary_gaps_against_tv_and_between_the_pair():
+    t = torch.tensor
+    per_image = {
+        "test": {
+            "nosn|oder_w30": t([30.0, 34.0, 32.0], dtype=torch.float64),
+            "nosn|red_deq": t([29.0, 33.0, 33.0], dtype=torch.float64),
+            "tv": t([31.0, 31.0, 31.0], dtype=torch.float64),
+            "k20|oder_w30": t([1.0, 1.0, 1.0], dtype=torch.float64),  # its partner is missing: no keys
+        },
+        "val": {"nosn|oder_w30": t([1.0, 2.0]), "nosn|red_deq": t([2.0, 2.0])},
+    }
+    s = oder_finetunes.summarise(per_image, {"ellipses": [0, 1], "nilearn": [2]})
+    assert s["ct_oder_minus_tv_nosn_db"] == pytest.approx(1.0)
+    assert s["ct_oder_minus_tv_nosn_se_db"] == pytest.approx(float(t([-1.0, 3.0, 1.0]).std() / 3**0.5))
+    assert s["ct_oder_minus_tv_nosn_by_source"]["ellipses"]["db"] == pytest.approx(1.0)
+    assert s["ct_snr_gap_nosn_db"] == pytest.approx(-1 / 3)
+    assert s["ct_val_snr_gap_nosn_db"] == pytest.approx(0.5)
+    assert s["ct_snr_nosn_oder_w30"] == pytest.approx(32.0)
+    assert not [k for k in s if "k20" in k]
+
+
+def test_variants_found_in_a_runs_folder_and_a_run_without_weights_is_named(tmp_path):
+    found, missing = oder_finetunes.available_variants(tmp_path)
+    assert list(found) == ["shipped"] and "oder_ct_w30_implicit" in missing
+    for name in oder_finetunes.VARIANTS["k20"]:
+        (tmp_path / name / "weights").mkdir(parents=True)
+        (tmp_path / name / "weights" / "best.safetensors").write_bytes(b"")
+    found, missing = oder_finetunes.available_variants(tmp_path)
+    assert list(found) == ["shipped", "k20"] and "oder_ct_w30_k20" not in missing
+    from deqir.bench.common import load_run
+
+    with pytest.raises(CheckpointError, match="no config.yaml"):
+        load_run(tmp_path / "oder_ct_w30_k20")
+
+
+def test_run_status_reads_the_end_of_training(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.json").write_text('{"step": 300, "best_val_psnr": 44.9, "seconds": 1}')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.json").write_text("{not json")
+    status = oder_finetunes.run_status(tmp_path, ["a", "b", "c"])
+    assert status == {
+        "a": {"finished": True, "step": 300, "best_val_psnr": 44.9},
+        "b": {"finished": False},
+        "c": {"finished": False},
+    }
