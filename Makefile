@@ -101,6 +101,22 @@ oder-experiments: $(STAMP)
 	$(BIN)/deqir curves runs/oder_ct_w30 runs/oder_ct_red_deq runs/oder_ct_w30_unet \
 	  runs/oder_ct_w30_lr1e3 runs/oder_ct_red_deq_lr1e3 --json results/oder_ct_curves.json
 
+# More experiments on it: the shipped CT pair (after `make oder`) fine-tuned further without
+# spectral normalisation, with a 20-step undamped phantom gradient, and with the implicit gradient
+# (model.weights = the shipped run: network and learned step and tau). Validation curves in
+# results/oder_ct_finetune_curves.json and .png; the test split against TV, as deqir bench oder
+# tests, in results/oder_finetunes.json and .png. Not shipped. About 2 hours on one CPU core.
+ODER_FINETUNES = oder_ct_w30_nosn oder_ct_red_deq_nosn oder_ct_w30_k20 oder_ct_red_deq_k20 \
+                 oder_ct_w30_implicit oder_ct_red_deq_implicit
+.PHONY: oder-finetunes
+oder-finetunes: $(STAMP)
+	for c in $(ODER_FINETUNES); do \
+	  rm -rf runs/$$c && OMP_NUM_THREADS=1 $(BIN)/deqir train configs/$$c.yaml --device cpu || exit 1; \
+	done
+	$(BIN)/deqir curves runs/oder_ct_w30 runs/oder_ct_red_deq $(addprefix runs/,$(ODER_FINETUNES)) \
+	  --json results/oder_ct_finetune_curves.json
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --json results/oder_finetunes.json
+
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
 # into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).
