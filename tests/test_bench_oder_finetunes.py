@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deqir.bench import oder_finetunes
-from deqir.errors import CheckpointError
+from deqir.errors import CheckpointError, InvalidValueError
 from deqir.methods.equilibrium import REDEquilibrium
 from deqir.priors import DnCNN
 
@@ -86,3 +86,50 @@ def test_run_status_reads_the_end_of_training(tmp_path):
         "b": {"finished": False},
         "c": {"finished": False},
     }
+
+
+def test_markdown_table_shows_every_summary_number():
+    summary = {
+        "ct_snr_shipped_oder_w30": 34.55,
+        "ct_snr_shipped_red_deq": 33.38,
+        "ct_snr_gap_shipped_db": -1.17,
+        "ct_snr_gap_shipped_se_db": 0.1,
+        "ct_val_snr_gap_shipped_db": -0.9,
+        "ct_oder_minus_tv_shipped_db": -1.77,
+        "ct_oder_minus_tv_shipped_se_db": 0.39,
+        "ct_oder_minus_tv_shipped_by_source": {"ellipses": {"images": 22, "db": -2.81}},
+        "ct_snr_implicit_oder_w30": 35.0,
+        "ct_snr_implicit_red_deq": 34.0,
+        "ct_snr_gap_implicit_db": -1.0,
+        "ct_snr_gap_implicit_se_db": 0.2,
+        "ct_oder_minus_tv_implicit_db": -1.3,
+        "ct_oder_minus_tv_implicit_se_db": 0.3,
+        "ct_oder_minus_tv_implicit_by_source": {"ellipses": {"images": 22, "db": -2.2}},
+    }
+    config = {
+        "variants": {"implicit": {"oder_w30": "oder_ct_w30_implicit", "red_deq": "x"}},
+        "runs": {"oder_ct_w30_implicit": {"finished": True, "step": 300, "best_val_psnr": 45.123}},
+    }
+    table = oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": summary, "config": config})
+    head, _, shipped, implicit = table.splitlines()
+    assert "ODER − TV, ellipses (22)" in head
+    assert shipped.split(" | ")[1:] == [
+        "34.55",
+        "33.38",
+        "-1.77 ± 0.39",
+        "-2.81",
+        "-1.17 ± 0.10",
+        "-0.90",
+        " |",
+    ]
+    assert implicit.split(" | ")[1:] == [
+        "35.00",
+        "34.00",
+        "-1.30 ± 0.30",
+        "-2.20",
+        "-1.00 ± 0.20",
+        "",
+        "45.12 |",
+    ]
+    with pytest.raises(InvalidValueError, match="oder_finetunes"):
+        oder_finetunes.markdown_tables({"bench": "oder", "summary": {}})

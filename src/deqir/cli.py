@@ -62,7 +62,7 @@ def tables(
     report_path: Path = typer.Argument(..., help="A report saved by `deqir bench NAME --json`."),
 ) -> None:
     """Print the README's Markdown tables of a saved benchmark report (benches that have them:
-    oder), so the README's numbers can be regenerated from the committed results."""
+    oder, oder_finetunes), so the README's numbers can be regenerated from the committed results."""
     from deqir.bench import load_bench
     from deqir.bench.common import load_report
     from deqir.errors import InvalidValueError

@@ -149,6 +149,67 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, l
     return s
 
 
+#: README labels of the variants, in table order.
+VARIANT_LABELS = {
+    "shipped": "shipped pair (phantom gradient, 3 steps, λ = 0.5; spectral norm)",
+    "nosn": "+ 300 steps without spectral normalisation",
+    "k20": "+ 200 steps, phantom gradient of 20 undamped steps",
+    "implicit": "+ 300 steps, implicit gradient (Anderson to 1e-3)",
+}
+
+
+def markdown_tables(report: dict) -> str:
+    """The README's table of a saved report (``results/oder_finetunes.json``): per variant, the
+    mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
+    source) and RED(DEQ) minus ODER on test and validation, and ODER's best validation PSNR.
+
+    Example:
+        >>> import json
+        >>> print(markdown_tables(json.load(open("results/oder_finetunes.json"))))  # doctest: +SKIP
+    """
+    from deqir.errors import InvalidValueError
+
+    bench = report.get("bench") if isinstance(report, dict) else type(report).__name__
+    if bench != "oder_finetunes" or not isinstance(report.get("summary"), dict):
+        raise InvalidValueError(
+            f"markdown_tables needs a report written by `deqir bench oder_finetunes --json`; got {bench!r}"
+        )
+    s, config = report["summary"], report.get("config", {})
+    variants = [v for v in VARIANT_LABELS if f"ct_snr_{v}_oder_w30" in s]
+    variants += sorted(
+        {k.split("_")[2] for k in s if k.startswith("ct_snr_") and k.endswith("_oder_w30")} - set(variants)
+    )
+    sources = sorted({src for v in variants for src in s.get(f"ct_oder_minus_tv_{v}_by_source", {})})
+    head = ["fine-tuning", "ODER SNR", "RED(DEQ) SNR", "ODER − TV"]
+    head += [
+        f"ODER − TV, {src} ({s[f'ct_oder_minus_tv_{variants[0]}_by_source'][src]['images']})"
+        for src in sources
+    ]
+    head += ["RED(DEQ) − ODER", "same, validation", "ODER best val. PSNR"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    runs = config.get("runs", {})
+    variant_runs = config.get("variants", {})
+
+    def pm(key: str) -> str:
+        return f"{s[key]:.2f} ± {s[key.removesuffix('_db') + '_se_db']:.2f}" if key in s else ""
+
+    for v in variants:
+        by_source = s.get(f"ct_oder_minus_tv_{v}_by_source", {})
+        oder_run = runs.get(variant_runs.get(v, {}).get("oder_w30", ""), {})
+        cells = [
+            VARIANT_LABELS.get(v, v),
+            f"{s[f'ct_snr_{v}_oder_w30']:.2f}",
+            f"{s[f'ct_snr_{v}_red_deq']:.2f}",
+        ]
+        cells += [pm(f"ct_oder_minus_tv_{v}_db")]
+        cells += [f"{by_source[src]['db']:.2f}" if src in by_source else "" for src in sources]
+        cells += [pm(f"ct_snr_gap_{v}_db")]
+        cells += [f"{s[f'ct_val_snr_gap_{v}_db']:.2f}" if f"ct_val_snr_gap_{v}_db" in s else ""]
+        cells += [f"{oder_run['best_val_psnr']:.2f}" if "best_val_psnr" in oder_run else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _figure(report: BenchReport, path: Path) -> Path:
     import matplotlib
 
