@@ -133,3 +133,12 @@ def test_markdown_table_shows_every_summary_number():
     ]
     with pytest.raises(InvalidValueError, match="oder_finetunes"):
         oder_finetunes.markdown_tables({"bench": "oder", "summary": {}})
+
+
+def test_gradient_agreement_the_loose_implicit_gradient_is_closest_to_the_exact_one():
+    out = oder_finetunes.gradient_agreement("oder_ct_red_deq", count=1, load=_stand_in, size=32)
+    assert set(out) == set(oder_finetunes.GRADIENTS)
+    for values in out.values():
+        assert -1.0 <= values["cosine"] <= 1.0 and values["norm_ratio"] > 0
+    assert out["implicit_1e-3"]["cosine"] > 0.99
+    assert out["implicit_1e-3"]["cosine"] >= out["phantom_3"]["cosine"]
