@@ -89,3 +89,25 @@ def test_cli_prints_the_table_and_saves_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| two | 41.50 | 50 |" in result.output
     assert (tmp_path / "c.png").is_file()
+
+
+def test_a_run_started_from_another_compared_runs_weights_continues_it(tmp_path):
+    base = _run(tmp_path, "base", 3e-4, [(50, 40.0), (100, 41.0), (150, 40.5)])
+    more = _run(tmp_path, "more", 2e-4, [(50, 41.5)])
+    last = _run(tmp_path, "last", 2e-4, [(50, 41.2)])
+    alone = _run(tmp_path, "alone", 2e-4, [(50, 39.0)])
+    for run, weights in (
+        (more, base / "weights" / "best.safetensors"),
+        (last, base / "weights" / "final.safetensors"),
+        (alone, tmp_path / "elsewhere" / "weights" / "best.safetensors"),
+    ):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["model"]["weights"] = str(weights)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    report = compare_runs([base, more, last, alone], json_path=tmp_path / "c.json")
+    runs = report["runs"]
+    assert runs["more"]["continues"] == {"run": "base", "at_step": 100}  # the best weights' step
+    assert runs["last"]["continues"] == {"run": "base", "at_step": 150}  # the final ones'
+    assert runs["alone"]["continues"] is None and runs["base"]["continues"] is None
+    assert runs["more"]["validations"] == [[50, 41.5]]  # its own steps, as logged
+    assert (tmp_path / "c.png").is_file()

@@ -5,7 +5,10 @@ train`` writes them) and returns, per run, its validation PSNR against the step,
 and its step, the last step logged, and the settings in which the runs differ (every config key
 whose value is not the same in all of them, e.g. ``train.lr`` or ``model.name``). With
 ``json_path`` it saves that report, and a figure of the curves beside it (``x.json`` ->
-``x.png``). Should a log hold a step twice, its last record counts.
+``x.png``). Should a log hold a step twice, its last record counts. A run whose ``model.weights``
+are another compared run's (``RUN/weights/best.safetensors`` or ``final``) continues that run: the
+report says so (``continues``) and the figure draws its curve from the step those weights were
+saved at (the other run's best or last step); its own steps stay as logged.
 
 Example:
     >>> from deqir.train.curves import compare_runs
@@ -109,8 +112,10 @@ def compare_runs(
     differs = [
         k for k in keys if len({json.dumps(c.get(k, missing), default=str) for c in configs.values()}) > 1
     ]
+    by_name = dict(zip(names, dirs, strict=True))
     for name in names:
         summaries[name]["settings"] = {k: configs[name].get(k) for k in differs}
+        summaries[name]["continues"] = _continues(configs[name].get("model.weights"), by_name, summaries)
     report = {"differs_in": differs, "runs": summaries}
     if json_path is not None:
         json_path = Path(json_path)
@@ -123,6 +128,19 @@ def compare_runs(
     return report
 
 
+def _continues(weights: Any, dirs: dict[str, Path], summaries: dict[str, dict[str, Any]]) -> dict | None:
+    """``{"run": name, "at_step": step}`` when ``weights`` is a compared run's best or final file."""
+    if not isinstance(weights, str) or Path(weights).stem not in ("best", "final"):
+        return None
+    folder = Path(weights).parent.parent.resolve()
+    for name, run_dir in dirs.items():
+        if run_dir.resolve() == folder:
+            other = summaries[name]
+            step = other["best_step"] if Path(weights).stem == "best" else other["last_step"]
+            return {"run": name, "at_step": step if step is not None else other["last_step"]}
+    return None
+
+
 def curves_figure(summaries: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """Validation PSNR against the step, one line per run (its best marked)."""
     from matplotlib.figure import Figure
@@ -133,9 +151,16 @@ def curves_figure(summaries: dict[str, dict[str, Any]], path: str | Path) -> Pat
         if not summary["validations"]:
             continue
         steps, values = zip(*summary["validations"], strict=True)
-        (line,) = ax.plot(steps, values, marker="o", ms=3, label=name)
-        ax.plot([summary["best_step"]], [summary["best_val_psnr"]], marker="*", ms=10, color=line.get_color())
-    ax.set(xlabel="training step", ylabel="validation PSNR (dB)", title="validation curves (* best)")
+        start = (summary.get("continues") or {}).get("at_step") or 0
+        label = name if not start else f"{name} (from {summary['continues']['run']}, step {start})"
+        (line,) = ax.plot([start + s for s in steps], values, marker="o", ms=3, label=label)
+        best = start + summary["best_step"]
+        ax.plot([best], [summary["best_val_psnr"]], marker="*", ms=10, color=line.get_color())
+    ax.set(
+        xlabel="training step (a continued run from its start's step)",
+        ylabel="validation PSNR (dB)",
+        title="validation curves (* best)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     path = Path(path)
