@@ -175,3 +175,12 @@ def test_cli_tables_prints_the_tables_and_refuses_benches_without_them(tmp_path)
     result = CliRunner().invoke(app, ["tables", str(tmp_path / "idt.json")])
     assert isinstance(result.exception, InvalidValueError)
     assert "no README tables" in str(result.exception)
+
+
+def test_readme_shows_the_oder_finetunes_table_of_the_committed_report():
+    from deqir.bench import oder_finetunes
+
+    table = oder_finetunes.markdown_tables(load_report(ROOT / "results" / "oder_finetunes.json"))
+    assert table in (ROOT / "README.md").read_text(), (
+        "README's fine-tuning table differs from `deqir tables results/oder_finetunes.json`: paste its output"
+    )
