@@ -101,13 +101,14 @@ oder-experiments: $(STAMP)
 	$(BIN)/deqir curves runs/oder_ct_w30 runs/oder_ct_red_deq runs/oder_ct_w30_unet \
 	  runs/oder_ct_w30_lr1e3 runs/oder_ct_red_deq_lr1e3 --json results/oder_ct_curves.json
 
-# More experiments on it: the shipped CT pair (after `make oder`) fine-tuned further without
-# spectral normalisation, with a 20-step undamped phantom gradient, and with the implicit gradient
+# More experiments on it: the shipped CT pair (after `make oder`) fine-tuned further with its own
+# settings (the control), without spectral normalisation, with a 20-step undamped phantom
+# gradient, and with the implicit gradient
 # (model.weights = the shipped run: network and learned step and tau). Validation curves in
 # results/oder_ct_finetune_curves.json and .png; the test split against TV, as deqir bench oder
 # tests, in results/oder_finetunes.json and .png. Not shipped. About 2 hours on one CPU core.
-ODER_FINETUNES = oder_ct_w30_nosn oder_ct_red_deq_nosn oder_ct_w30_k20 oder_ct_red_deq_k20 \
-                 oder_ct_w30_implicit oder_ct_red_deq_implicit
+ODER_FINETUNES = oder_ct_w30_more oder_ct_red_deq_more oder_ct_w30_nosn oder_ct_red_deq_nosn \
+                 oder_ct_w30_k20 oder_ct_red_deq_k20 oder_ct_w30_implicit oder_ct_red_deq_implicit
 .PHONY: oder-finetunes
 oder-finetunes: $(STAMP)
 	for c in $(ODER_FINETUNES); do \

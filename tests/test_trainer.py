@@ -563,9 +563,9 @@ def test_model_weights_of_a_trained_method_set_the_whole_method(tmp_path):
     trained = build_model_from_config(config_from_dict(raw), initial_weights=False)
     load_weights(run / "weights" / "final.safetensors", trained)
     trained.eval()
-    from deqir.bench.common import load_run  # the benches' reader of a run folder
+    from deqir.train.report import load_run_model  # the benches' reader of a run folder
 
-    best = load_run(run)
+    best = load_run_model(run)
     assert not best.training and best.mode == "oder"
     assert set(best.state_dict()) == set(trained.state_dict())
 
@@ -584,3 +584,34 @@ def test_model_weights_of_a_trained_method_set_the_whole_method(tmp_path):
     plain = dict(again, method={"name": "none"})
     with pytest.raises(CheckpointError, match="does not fit"):
         build_model_from_config(config_from_dict(plain))
+
+
+def test_model_weights_of_a_network_reach_every_copy_and_a_misfit_names_both(tmp_path):
+    """A network's file loads before the method is built, so an untied unrolled method's K copies
+    all start from it; a file that fits neither network nor method is refused naming both."""
+    from deqir.train.checkpoint import save_weights
+    from deqir.train.trainer import build_model_from_config
+
+    torch.manual_seed(0)
+    raw = {
+        "model": {"name": "shallow_cell", "options": {"width": 4}},
+        "method": {"name": "loop_unrolled", "options": {"steps": 3, "regulariser": "feedforward"}},
+        "physics": {"noise_sigma": 0.1},
+    }
+    from deqir.train.registry import build_model
+
+    donor = build_model("shallow_cell", {"width": 4})
+    for p in donor.parameters():
+        p.data.normal_()
+    path = save_weights(donor, tmp_path / "cell.safetensors")
+    method = build_model_from_config(
+        config_from_dict({**raw, "model": {**raw["model"], "weights": str(path)}})
+    )
+    assert len(method.regularisers) == 3 and not method.tied
+    for copy in method.regularisers:
+        for (k, a), b in zip(donor.state_dict().items(), copy.cell.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+
+    other = save_weights(torch.nn.Linear(3, 2), tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="fits neither the network"):
+        build_model_from_config(config_from_dict({**raw, "model": {**raw["model"], "weights": str(other)}}))

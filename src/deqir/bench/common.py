@@ -631,31 +631,6 @@ def export_run(run_dir: str | Path, name: str | None = None, out_dir: Path | Non
     )
 
 
-def load_run(run_dir: str | Path, weights: str = "best") -> Any:
-    """The model of a training run's folder (its ``config.yaml`` and ``weights/<weights>.safetensors``),
-    in eval mode; its initial weights (``model.weights``) are not read.
-
-    Example:
-        >>> load_run("runs/oder_ct_w30_nosn").mode  # doctest: +SKIP
-        'oder'
-    """
-    from deqir.errors import CheckpointError
-    from deqir.train.checkpoint import load_weights
-    from deqir.train.config import load_config
-    from deqir.train.trainer import build_model_from_config
-
-    run_dir = Path(run_dir)
-    path = run_dir / "weights" / f"{weights}.safetensors"
-    if not (run_dir / "config.yaml").is_file() or not path.is_file():
-        raise CheckpointError(
-            f"run {run_dir} has no config.yaml or no weights/{weights}.safetensors: train it first "
-            f"(deqir train configs/{run_dir.name}.yaml)"
-        )
-    model = build_model_from_config(load_config(run_dir / "config.yaml"), initial_weights=False)
-    load_weights(path, model)
-    return model.eval()
-
-
 def load_shipped(name: str) -> Any:
     """The model of a shipped weights file (``oder_*``, ``elder_*`` ...), built from its sidecar config.
 

@@ -2,9 +2,10 @@
 
 Issue 6's one unmet target is ODER minus TV on CT (``ct_oder_minus_tv_db`` of ``deqir bench
 oder``). ``make oder-finetunes`` fine-tunes the shipped CT pair (ODER, w = 30 of 90 angles, and
-RED(DEQ)) further in three ways, each pair alike (``configs/oder_ct_{w30,red_deq}_{variant}.yaml``):
-``nosn`` without spectral normalisation, ``k20`` with a 20-step undamped phantom gradient,
-``implicit`` with the implicit gradient. Their validation curves are in
+RED(DEQ)) further, each pair alike (``configs/oder_ct_{w30,red_deq}_{variant}.yaml``): ``more``
+with its own settings (the control: a fresh optimiser and schedule alone), ``nosn`` without
+spectral normalisation, ``k20`` with a 20-step undamped phantom gradient, ``implicit`` with the
+implicit gradient. Their validation curves are in
 ``results/oder_ct_finetune_curves.json`` (``deqir curves``); this bench tests their best weights
 (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests the shipped pair:
 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with fresh stratified
@@ -25,7 +26,7 @@ gradients the variants use compare with the exact implicit gradient (:func:`grad
 the shipped RED(DEQ) on 2 validation images).
 
 ``config.runs`` records each run's end of training (its ``metrics.json``: steps, best validation
-PSNR), or that it has not finished.
+PSNR), or that it has not finished, and the shipped pair's validation PSNR (its sidecar).
 
 The splits run in two worker processes (one thread each). ``--quick``: 2 test images, no
 validation split, no TV, no gradient comparison.
@@ -43,13 +44,14 @@ from typing import Any
 
 import torch
 
-from deqir.bench.common import BenchReport, load_run, load_shipped, paired_gap, run_jobs
+from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs
 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
 #: variant -> (ODER run, RED(DEQ) run); ``shipped`` is the shipped pair the others start from.
 VARIANTS = {
     "shipped": ("oder_ct_w30", "oder_ct_red_deq"),
+    "more": ("oder_ct_w30_more", "oder_ct_red_deq_more"),
     "nosn": ("oder_ct_w30_nosn", "oder_ct_red_deq_nosn"),
     "k20": ("oder_ct_w30_k20", "oder_ct_red_deq_k20"),
     "implicit": ("oder_ct_w30_implicit", "oder_ct_red_deq_implicit"),
@@ -63,7 +65,7 @@ def available_variants(runs_dir: str | Path = "runs") -> tuple[dict[str, tuple[s
     Example:
         >>> found, missing = available_variants("no/such/folder")
         >>> list(found), missing[:2]
-        (['shipped'], ['oder_ct_w30_nosn', 'oder_ct_red_deq_nosn'])
+        (['shipped'], ['oder_ct_w30_more', 'oder_ct_red_deq_more'])
     """
     found, missing = {}, []
     for variant, names in VARIANTS.items():
@@ -95,9 +97,30 @@ def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
     return out
 
 
+def shipped_status() -> dict[str, dict[str, Any]]:
+    """For the shipped pair, the validation PSNR its weights were exported with (their sidecar).
+
+    Example:
+        >>> shipped_status()["oder_ct_w30"]["best_val_psnr"] > 40  # doctest: +SKIP
+        True
+    """
+    from deqir.bench.common import WEIGHTS_DIR
+    from deqir.train.checkpoint import read_sidecar
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS["shipped"]:
+        metrics = (read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}).get("metrics") or {}
+        out[name] = {"shipped": True} | (
+            {"best_val_psnr": metrics["val_psnr"]} if "val_psnr" in metrics else {}
+        )
+    return out
+
+
 def _loader(runs_dir: str | Path):
+    from deqir.train.report import load_run_model
+
     shipped = set(VARIANTS["shipped"])
-    return lambda name: load_shipped(name) if name in shipped else load_run(Path(runs_dir) / name)
+    return lambda name: load_shipped(name) if name in shipped else load_run_model(Path(runs_dir) / name)
 
 
 def split_rows(
@@ -199,9 +222,17 @@ def gradient_agreement(
     return out
 
 
+#: README labels of the compared gradients, in table order.
+GRADIENT_LABELS = {
+    "phantom_3": "phantom, 3 steps, λ = 0.5 (the shipped pair)",
+    "phantom_20": "phantom, 20 steps, λ = 1",
+    "implicit_1e-3": "implicit, Anderson to 1e-3",
+}
+
 #: README labels of the variants, in table order.
 VARIANT_LABELS = {
     "shipped": "shipped pair (phantom gradient, 3 steps, λ = 0.5; spectral norm)",
+    "more": "+ 300 steps, the same settings (the control)",
     "nosn": "+ 300 steps without spectral normalisation",
     "k20": "+ 200 steps, phantom gradient of 20 undamped steps",
     "implicit": "+ 300 steps, implicit gradient (Anderson to 1e-3)",
@@ -209,9 +240,10 @@ VARIANT_LABELS = {
 
 
 def markdown_tables(report: dict) -> str:
-    """The README's table of a saved report (``results/oder_finetunes.json``): per variant, the
+    """The README's tables of a saved report (``results/oder_finetunes.json``): per variant, the
     mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
-    source) and RED(DEQ) minus ODER on test and validation, and ODER's best validation PSNR.
+    source) and RED(DEQ) minus ODER on test and validation, and ODER's best validation PSNR;
+    then, when the report has them, the training gradients against the exact implicit one.
 
     Example:
         >>> import json
@@ -227,7 +259,12 @@ def markdown_tables(report: dict) -> str:
     s, config = report["summary"], report.get("config", {})
     variants = [v for v in VARIANT_LABELS if f"ct_snr_{v}_oder_w30" in s]
     variants += sorted(
-        {k.split("_")[2] for k in s if k.startswith("ct_snr_") and k.endswith("_oder_w30")} - set(variants)
+        {
+            k.removeprefix("ct_snr_").removesuffix("_oder_w30")
+            for k in s
+            if k.startswith("ct_snr_") and k.endswith("_oder_w30")
+        }
+        - set(variants)
     )
     sources = sorted({src for v in variants for src in s.get(f"ct_oder_minus_tv_{v}_by_source", {})})
     head = ["fine-tuning", "ODER SNR", "RED(DEQ) SNR", "ODER − TV"]
@@ -257,6 +294,17 @@ def markdown_tables(report: dict) -> str:
         cells += [f"{s[f'ct_val_snr_gap_{v}_db']:.2f}" if f"ct_val_snr_gap_{v}_db" in s else ""]
         cells += [f"{oder_run['best_val_psnr']:.2f}" if "best_val_psnr" in oder_run else ""]
         lines.append("| " + " | ".join(cells) + " |")
+    gradients = [(label, key) for key, label in GRADIENT_LABELS.items() if f"gradient_{key}_cosine" in s]
+    if gradients:
+        lines += [
+            "",
+            "| training gradient | cosine to the exact implicit one | norm ratio |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {label} | {s[f'gradient_{key}_cosine']:.2f} | {s[f'gradient_{key}_norm_ratio']:.2g} |"
+            for label, key in gradients
+        ]
     return "\n".join(lines)
 
 
@@ -309,7 +357,8 @@ def run(
             "missing": missing,
             "runs": run_status(
                 runs_dir, [n for v, names in variants.items() if v != "shipped" for n in names]
-            ),
+            )
+            | shipped_status(),
             "splits": {k: "whole" if v is None else v for k, v in counts.items()},
             "tv": "none (--quick)" if quick else "λ tuned on the first 4 validation images",
         },

@@ -22,6 +22,7 @@ _EXPORTS = {
     "Trainer": "trainer",
     "train_from_config": "trainer",
     "evaluate_run": "report",
+    "load_run_model": "report",
     "save_weights": "checkpoint",
     "load_weights": "checkpoint",
     "save_checkpoint": "checkpoint",

@@ -52,6 +52,18 @@ def _read_config(run_dir: Path) -> Any:
     return load_config(run_dir / "config.yaml")
 
 
+def load_run_model(run_dir: str | Path, weights: str = "best", device: str = "cpu") -> torch.nn.Module:
+    """The model of a training run's folder (its ``config.yaml`` and ``weights/<weights>.safetensors``),
+    in eval mode; its initial weights (``model.weights``) are not read.
+
+    Example:
+        >>> load_run_model("runs/oder_ct_w30_nosn").mode  # doctest: +SKIP
+        'oder'
+    """
+    run_dir = Path(run_dir)
+    return _load_model(run_dir, _read_config(run_dir), weights, torch.device(device))
+
+
 def _load_model(run_dir: Path, cfg: Any, weights: str, device: torch.device) -> torch.nn.Module:
     from deqir.train.checkpoint import load_weights
     from deqir.train.trainer import build_model_from_config

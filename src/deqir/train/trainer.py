@@ -147,10 +147,12 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     """The network of ``config.model`` (with ``model.weights`` loaded) wrapped by ``config.method``.
 
     ``model.weights`` is a network's weights (a pretrained prior) or a trained method's (a run's
-    ``weights/best.safetensors``, whose names start with ``network.``): the latter sets the whole
-    method, its learned parameters (step, τ) included, so a run can be fine-tuned further with
-    other settings. Either may come from a spectral-normalised network while ``model.options``
-    turn the normalisation off (:func:`deqir.train.checkpoint.fold_spectral_norm`).
+    ``weights/best.safetensors``). A file whose parameter names are the network's is loaded into
+    the network before the method is built (methods that copy their network get it in every copy);
+    any other file sets the whole method after it is built, its learned parameters (step, τ)
+    included, so a run can be fine-tuned further with other settings, and a file that fits neither
+    is refused naming the differences. Either may come from a spectral-normalised network while
+    ``model.options`` turn the normalisation off (:func:`deqir.train.checkpoint.fold_spectral_norm`).
 
     Example:
         >>> from deqir.train.config import config_from_dict
@@ -163,24 +165,44 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
 
     network = build_model(config.model.name, config.model.options)
     path = resolve_weights_path(config.model.weights) if initial_weights and config.model.weights else None
-    whole_method = path is not None and config.method.name not in ("none", "", None) and _holds_method(path)
+    has_method = config.method.name not in ("none", "", None)
+    whole_method = path is not None and has_method and not _fits_network(path, network)
     if path is not None and not whole_method:
         ckpt.load_weights(path, network)  # before the method is built: some copy the network
     method = build_method(config.method.name, network, config.method.options)
     if whole_method:
-        ckpt.load_weights(path, method)
+        try:
+            ckpt.load_weights(path, method)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"model.weights {path} fits neither the network ({type(network).__name__}: other "
+                f"parameter names) nor the whole method: {err}"
+            ) from None
     return method
 
 
-def _holds_method(path: Path) -> bool:
-    """Whether a weights file holds a whole method (its network's names start with ``network.``)."""
+def _parameter_names(names) -> set[str]:
+    """Parameter names with spectral normalisation's renaming undone (``….weight``, no ``_u``/``_v``)."""
+    sn = "parametrizations.weight.original"
+    return {
+        k.removesuffix(sn) + "weight" if k.endswith(sn) else k
+        for k in names
+        if not k.endswith(("parametrizations.weight.0._u", "parametrizations.weight.0._v"))
+    }
+
+
+def _fits_network(path: Path, network: nn.Module) -> bool:
+    """Whether a weights file's parameter names are ``network``'s (spectral norm aside); a file
+    that cannot be read counts as fitting, so that :func:`~deqir.train.checkpoint.load_weights`
+    names its problem."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith("network.") for k in f.keys())  # noqa: SIM118 (not iterable)
+            names = set(f.keys())  # noqa: SIM118 (not iterable)
     except Exception:  # missing or corrupt: load_weights names the problem
-        return False
+        return True
+    return _parameter_names(names) == _parameter_names(network.state_dict())
 
 
 def resolve_weights_path(spec: str | Path) -> Path:
