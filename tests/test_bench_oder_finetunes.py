@@ -151,3 +151,11 @@ def test_gradient_agreement_the_loose_implicit_gradient_is_closest_to_the_exact_
         assert -1.0 <= values["cosine"] <= 1.0 and values["norm_ratio"] > 0
     assert out["implicit_1e-3"]["cosine"] > 0.99
     assert out["implicit_1e-3"]["cosine"] >= max(out["phantom_3"]["cosine"], out["phantom_20"]["cosine"])
+
+
+def test_snr_bars_by_source_draws_one_panel_per_source(tmp_path):
+    from deqir.bench.common import snr_bars_by_source
+
+    rows = [{"snr_ellipses": 30.0, "snr_nilearn": 31.0}, {"snr_ellipses": 31.5, "snr_nilearn": 29.0}]
+    path = snr_bars_by_source(rows, ["tv", "ODER"], ["C2", "C0"], tmp_path / "bars.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -223,6 +223,35 @@ def paired_gap(a: Any, b: Any) -> tuple[float, float]:
     return float(d.mean()), se
 
 
+def snr_bars_by_source(rows: list[dict], labels: list[str], colors: list[str], path: str | Path) -> Path:
+    """One panel per image source: each row's mean test SNR (its ``snr_<source>`` entries) as a bar.
+
+    Example:
+        >>> rows = [{"snr_a": 30.0}, {"snr_a": 31.0}]
+        >>> snr_bars_by_source(rows, ["x", "y"], ["C0", "C1"], "out/bars.png").name  # doctest: +SKIP
+        'bars.png'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deqir.figures import save_figure
+
+    sources = [k.removeprefix("snr_") for k in rows[0] if k.startswith("snr_")] if rows else []
+    n = max(len(sources), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    for ax, src in zip(axes[0], sources, strict=False):
+        values = [r[f"snr_{src}"] for r in rows]
+        ax.barh(range(len(rows)), values, color=colors)
+        ax.set_yticks(range(len(rows)), labels, fontsize=6)
+        ax.set_xlim(min(values) - 2, max(values) + 1)
+        ax.set_title(f"CT test, {src}: SNR (dB)", fontsize=8)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
 def mean_scores(x_hat: Any, x: Any) -> dict[str, float]:
     """Mean SNR, PSNR and SSIM of reconstructions clipped to [0, 1] against ``x``.
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs
+from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs, snr_bars_by_source
 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
@@ -309,28 +309,10 @@ def markdown_tables(report: dict) -> str:
 
 
 def _figure(report: BenchReport, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from deqir.figures import save_figure
-
     rows = [r for r in report.rows if r["split"] == "test"]
-    sources = [k.removeprefix("snr_") for k in rows[0] if k.startswith("snr_")] if rows else []
-    n = max(len(sources), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     labels = [r["method"] if r["method"] == "tv" else f"{r['variant']}: {r['method']}" for r in rows]
     colors = {"tv": "C2", "oder_w30": "C0", "red_deq": "C1"}
-    for ax, src in zip(axes[0], sources, strict=False):
-        values = [r[f"snr_{src}"] for r in rows]
-        ax.barh(range(len(rows)), values, color=[colors[r["method"]] for r in rows])
-        ax.set_yticks(range(len(rows)), labels, fontsize=7)
-        ax.set_xlim(min(values) - 2, max(values) + 1)
-        ax.set_title(f"CT test, {src}: SNR (dB)", fontsize=8)
-        ax.invert_yaxis()
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=90)
+    return snr_bars_by_source(rows, labels, [colors[r["method"]] for r in rows], path)
 
 
 def run(

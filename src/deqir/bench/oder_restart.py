@@ -38,7 +38,15 @@ from pathlib import Path
 
 import torch
 
-from deqir.bench.common import WEIGHTS_DIR, BenchReport, load_shipped, paired_gap, run_jobs, split_images
+from deqir.bench.common import (
+    WEIGHTS_DIR,
+    BenchReport,
+    load_shipped,
+    paired_gap,
+    run_jobs,
+    snr_bars_by_source,
+    split_images,
+)
 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
@@ -229,31 +237,9 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, d
 
 
 def _figure(report: BenchReport, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from deqir.figures import save_figure
-
     rows = [r for r in report.rows if r["section"] == "solver" and r["split"] == "test"]
-    sources = [k.removeprefix("snr_") for k in rows[0] if k.startswith("snr_")] if rows else []
-    fig, axes = plt.subplots(
-        1, max(len(sources), 1), figsize=(4.2 * max(len(sources), 1), 3.6), squeeze=False
-    )
     labels = [f"{r['network']}\n{r['solver']}, {r['restart']}" for r in rows]
-    for ax, src in zip(axes[0], sources, strict=False):
-        ax.barh(
-            range(len(rows)),
-            [r[f"snr_{src}"] for r in rows],
-            color=["C0" if r["solver"] == "w30" else "C1" for r in rows],
-        )
-        ax.set_yticks(range(len(rows)), labels, fontsize=6)
-        ax.set_xlim(min(r[f"snr_{src}"] for r in rows) - 2, max(r[f"snr_{src}"] for r in rows) + 1)
-        ax.set_title(f"CT test, {src}: SNR (dB)", fontsize=8)
-        ax.invert_yaxis()
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=90)
+    return snr_bars_by_source(rows, labels, ["C0" if r["solver"] == "w30" else "C1" for r in rows], path)
 
 
 def run(quick: bool = False, figure_path: str | Path | None = None) -> BenchReport:

@@ -212,6 +212,35 @@ def load_weights(
 
 
 _SN_WEIGHT = "parametrizations.weight.original"
+_SN_VECTORS = ("parametrizations.weight.0._u", "parametrizations.weight.0._v")
+
+
+def fits_module(path: str | Path, module: nn.Module) -> bool:
+    """Whether a weights file's parameter names are ``module``'s, spectral normalisation aside
+    (either side may have it). A file that cannot be read counts as fitting, so that
+    :func:`load_weights` names its problem.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> path = save_weights(torch.nn.Linear(3, 2), pathlib.Path(tempfile.mkdtemp()) / "w.safetensors")
+        >>> fits_module(path, torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(3, 2)))
+        True
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())  # noqa: SIM118 (not iterable)
+    except Exception:  # missing or corrupt: load_weights names the problem
+        return True
+    return _unnormalised_names(names) == _unnormalised_names(module.state_dict())
+
+
+def _unnormalised_names(names) -> set[str]:
+    """Parameter names with spectral normalisation's renaming undone (``….weight``, no ``_u``/``_v``)."""
+    return {k.removesuffix(_SN_WEIGHT) + "weight" if k.endswith(_SN_WEIGHT) else k for k in names} - {
+        k for k in names if k.endswith(_SN_VECTORS)
+    }
 
 
 def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,8 +269,7 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict
         prefix = key[: -len(_SN_WEIGHT)]
         if prefix + "weight" not in own or key in own:
             continue  # the model keeps this layer normalised (or has no such layer: a mismatch later)
-        u = state.get(prefix + "parametrizations.weight.0._u")
-        v = state.get(prefix + "parametrizations.weight.0._v")
+        u, v = (state.get(prefix + part) for part in _SN_VECTORS)
         if u is None or v is None:
             raise CheckpointError(
                 f"weights entry {key} has no power-iteration vectors (_u, _v) beside it: the file "
@@ -253,7 +281,7 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict
         matrix = weight.movedim(dim, 0).reshape(weight.shape[dim], -1)
         sigma = torch.dot(u, matrix @ v)
         out[prefix + "weight"] = weight / sigma
-        for part in (_SN_WEIGHT, "parametrizations.weight.0._u", "parametrizations.weight.0._v"):
+        for part in (_SN_WEIGHT, *_SN_VECTORS):
             out.pop(prefix + part)
     return out
 

@@ -166,7 +166,7 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     network = build_model(config.model.name, config.model.options)
     path = resolve_weights_path(config.model.weights) if initial_weights and config.model.weights else None
     has_method = config.method.name not in ("none", "", None)
-    whole_method = path is not None and has_method and not _fits_network(path, network)
+    whole_method = path is not None and has_method and not ckpt.fits_module(path, network)
     if path is not None and not whole_method:
         ckpt.load_weights(path, network)  # before the method is built: some copy the network
     method = build_method(config.method.name, network, config.method.options)
@@ -179,30 +179,6 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
                 f"parameter names) nor the whole method: {err}"
             ) from None
     return method
-
-
-def _parameter_names(names) -> set[str]:
-    """Parameter names with spectral normalisation's renaming undone (``….weight``, no ``_u``/``_v``)."""
-    sn = "parametrizations.weight.original"
-    return {
-        k.removesuffix(sn) + "weight" if k.endswith(sn) else k
-        for k in names
-        if not k.endswith(("parametrizations.weight.0._u", "parametrizations.weight.0._v"))
-    }
-
-
-def _fits_network(path: Path, network: nn.Module) -> bool:
-    """Whether a weights file's parameter names are ``network``'s (spectral norm aside); a file
-    that cannot be read counts as fitting, so that :func:`~deqir.train.checkpoint.load_weights`
-    names its problem."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())  # noqa: SIM118 (not iterable)
-    except Exception:  # missing or corrupt: load_weights names the problem
-        return True
-    return _parameter_names(names) == _parameter_names(network.state_dict())
 
 
 def resolve_weights_path(spec: str | Path) -> Path:
