@@ -114,3 +114,60 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# Each layer knows only the layers below it (DESIGN.md): module -> packages of deqir it may not
+# import, anywhere in its files (function-level imports included).
+_SHELL = {"train", "bench", "data", "cli", "demo", "reconstruct", "figures"}
+_FORBIDDEN = {
+    "errors": _SHELL | {"physics", "priors", "solvers", "methods", "storage", "metrics"},
+    "storage": _SHELL | {"physics", "priors", "solvers", "methods", "metrics"},
+    "metrics": _SHELL | {"physics", "priors", "solvers", "methods"},
+    "physics": _SHELL | {"priors", "solvers", "methods"},
+    "priors": _SHELL | {"physics", "solvers", "methods"},
+    "solvers": _SHELL | {"physics", "priors", "methods"},
+    "methods": _SHELL,
+}
+
+
+def _deqir_imports(path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found |= {n.split(".")[1] for n in names if n.startswith("deqir.")}
+    return found
+
+
+def test_layers_import_only_the_layers_below():
+    from pathlib import Path
+
+    import deqir
+
+    root = Path(deqir.__file__).parent
+    crossings = []
+    for layer, forbidden in _FORBIDDEN.items():
+        files = (
+            [root / f"{layer}.py"]
+            if (root / f"{layer}.py").is_file()
+            else sorted((root / layer).rglob("*.py"))
+        )
+        assert files, layer
+        for f in files:
+            bad = _deqir_imports(f) & forbidden
+            crossings += [f"{f.relative_to(root)} imports deqir.{b}" for b in sorted(bad)]
+    assert not crossings, crossings
+
+
+def test_layer_check_sees_function_level_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text(
+        "def g():\n    from deqir.train.checkpoint import load_weights\n    import deqir.bench.common\n"
+    )
+    assert _deqir_imports(f) == {"train", "bench"}

@@ -14,12 +14,12 @@ from deqir.metrics import psnr
 from deqir.priors.pretrained import (
     PRETRAINED,
     add_test_noise,
-    export_weights,
     list_pretrained,
     load_pretrained,
     pretrained_info,
     pretrained_path,
 )
+from deqir.train.export import export_weights
 
 # domain -> a source whose test split the denoiser never saw
 TEST_SOURCES = {"natural": "natural", "ct": "ct_phantoms+brain", "mri": "brain"}

@@ -249,7 +249,8 @@ def weights(
 ) -> None:
     """List the pretrained denoisers, or export a denoiser run as shipped weights (`make weights`)."""
     from deqir.errors import InvalidValueError
-    from deqir.priors.pretrained import export_weights, pretrained_table
+    from deqir.priors.pretrained import pretrained_table
+    from deqir.train.export import export_weights
 
     if action == "list":
         typer.echo(pretrained_table(out))

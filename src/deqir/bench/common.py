@@ -33,6 +33,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     import deqir
+    from deqir.storage import git_commit
 
     return {
         "python": platform.python_version(),
@@ -46,23 +47,6 @@ def machine_info() -> dict[str, Any]:
         "git_commit": git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def git_commit() -> str | None:
-    """The current git commit of the source tree, or ``None`` outside a checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def time_call(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:

@@ -56,6 +56,7 @@ _EXPORTS = {
     "default_cache_dir": "splits",
     "fit_image": "splits",
     "split_samples": "splits",
+    "training_images": "splits",
     # patches
     "PatchDataset": "patches",
     "dihedral": "patches",

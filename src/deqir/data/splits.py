@@ -632,3 +632,48 @@ def build_all(
         }
         summary["skipped"].extend(ds.info["skipped"])
     return summary
+
+
+def training_images(
+    image_size: int = 256,
+    seed: int = 0,
+    source: str = "natural",
+    native: bool = True,
+    min_native: int = 256,
+) -> dict[str, list[Any]]:
+    """Train/val/test images of a :func:`deqir.data.build_dataset` source, with a native-size copy.
+
+    A data source for the trainer (``data.source: "deqir.data.splits:training_images"``).
+    The validation and test images are the source's fixed ``image_size`` splits. The training
+    split holds those ``image_size`` images and, with ``native=True``, the same training images
+    at their native resolution (those at least ``min_native`` pixels on each side): twice the
+    pixels to draw patches from, at two scales, without touching the held-out images (the split
+    assignment depends only on the image keys and the seed).
+
+    Args:
+        image_size: side of the validation and test images (and of the resized training copies).
+        seed: seed of the split assignment.
+        source: a source name of :func:`deqir.data.build_dataset` (``natural``, ``brain``,
+            ``ct_phantoms+brain`` ...).
+        native: add the native-size training images.
+        min_native: smallest side of a native-size image that is kept.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` lists of ``(1, H, W)`` tensors.
+
+    Example:
+        >>> splits = training_images(64, source="ct_phantoms", native=False)  # doctest: +SKIP
+        >>> sorted(splits)  # doctest: +SKIP
+        ['test', 'train', 'val']
+    """
+    fixed = build_dataset(source, image_size, seed=seed)
+    train = list(fixed.train)
+    if native:
+        full = build_dataset(source, None, seed=seed)
+        keys = set(fixed.train.keys)
+        train += [
+            img
+            for key, img in zip(full.train.keys, full.train, strict=True)
+            if key in keys and min(img.shape[-2:]) >= min_native
+        ]
+    return {"train": train, "val": list(fixed.val), "test": list(fixed.test)}

@@ -24,6 +24,5 @@ _EXPORTS = {
     "list_pretrained": "pretrained",
     "load_pretrained": "pretrained",
     "pretrained_info": "pretrained",
-    "export_weights": "pretrained",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "load_weights": "checkpoint",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "export_weights": "export",
     "DenoisingTask": "tasks",
     "ReconstructionTask": "tasks",
     "Task": "tasks",
