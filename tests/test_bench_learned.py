@@ -296,25 +296,28 @@ def test_oder_bench_tests_replicates_with_the_solver_of_the_model_they_repeat():
     assert oder._as_tested(model, 30, 12, None).test_average == oder.TEST_AVERAGE
 
 
+def _stand_in_oder_model(name):
+    """Small stand-ins for the shipped ODER bench models: the same weights at every load of a
+    name, without touching the global random stream."""
+    from deqir.methods.equilibrium import REDEquilibrium
+    from deqir.priors import DnCNN
+
+    with torch.random.fork_rng():
+        torch.manual_seed({"prior": 0, "full": 1, "oder": 2}[name])
+        net = DnCNN(depth=3, width=4)
+        if name == "prior":
+            return net
+        mode, w = ("deq", None) if name == "full" else ("oder", 4)
+        return REDEquilibrium(net, mode=mode, minibatch=w, tau=0.05, step=1.0, max_iter=6)
+
+
 def test_oder_bench_crossed_rows_test_one_network_with_the_other_solver(monkeypatch):
     from deqir.bench import oder
     from deqir.bench.common import BenchReport
-    from deqir.methods.equilibrium import REDEquilibrium
     from deqir.metrics import compute_metrics
     from deqir.physics.registry import build_operator
-    from deqir.priors import DnCNN
 
-    seeds = {"prior": 0, "full": 1, "oder": 2}
-
-    def stand_in(name):  # the same weights at every load, without touching the global stream
-        with torch.random.fork_rng():
-            torch.manual_seed(seeds[name])
-            net = DnCNN(depth=3, width=4)
-            if name == "prior":
-                return net
-            mode, w = ("deq", None) if name == "full" else ("oder", 4)
-            return REDEquilibrium(net, mode=mode, minibatch=w, tau=0.05, step=1.0, max_iter=6)
-
+    stand_in = _stand_in_oder_model
     monkeypatch.setattr(oder, "load_shipped", stand_in)
     monkeypatch.setattr(oder, "TEST_ITERATIONS", 6)
     op = build_operator("ct", 16, num_angles=12)
@@ -409,3 +412,34 @@ def test_oder_quick_mri_quality_in_a_second_process_equals_the_in_process_rows()
     assert panels.keys() == there[2].keys() == {"mri"}
     for method, snr in per_image["test"].items():
         assert torch.equal(snr, there[3]["test"][method])
+
+
+def test_oder_bench_error_split_adds_up_to_each_images_error(monkeypatch):
+    """Edge plus flat squared error is each reconstruction's whole error (its SNR follows), and
+    the edge pixels are those next to a jump of the true image."""
+    from deqir.bench import oder
+    from deqir.bench.common import BenchReport
+    from deqir.physics.registry import build_operator
+
+    monkeypatch.setattr(oder, "load_shipped", _stand_in_oder_model)
+    monkeypatch.setattr(oder, "TEST_ITERATIONS", 6)
+    op = build_operator("ct", 16, num_angles=12)
+    x = torch.full((2, 1, 16, 16), 0.3)
+    x[:, :, 4:10, 5:12] = 0.8  # a bright rectangle: its border pixels are the edges
+    per_image, split = {}, {}
+    oder._quality(
+        "ct", op, {"prior": "prior", "red_deq": "full", "w4": "oder"}, {"test": x}, x[:1], 50.0, "fbp",
+        {"red_deq": None, "w4": 4}, BenchReport("oder"), {}, True, per_image, error_split=split,
+    )  # fmt: skip
+    mask = oder.edge_mask(x)
+    assert mask[0, 0, 6, 8] == 0 and mask[0, 0, 4, 8] == 1 and mask[0, 0, 3, 8] == 1 and mask[0, 0, 0, 0] == 0
+    assert set(split["test"]) == set(per_image["test"])
+    for method, (edge, flat) in split["test"].items():
+        snr = 10 * torch.log10(x.square().flatten(1).sum(1).double() / (edge + flat))
+        torch.testing.assert_close(snr, per_image["test"][method], atol=1e-3, rtol=0), method
+        assert (edge >= 0).all() and (flat >= 0).all()
+    summary = oder.error_split_summary(split["test"], [0, 1])
+    tv, minibatch = summary["ct_error_split_ellipses"]["tv"], summary["ct_error_split_ellipses"]["oder_w4"]
+    assert "ct_oder_over_tv_edge_error" not in summary  # no w = 30 row here
+    assert tv["edge_sse"] == pytest.approx(float(split["test"]["tv"][0].mean()))
+    assert minibatch["flat_sse"] == pytest.approx(float(split["test"]["oder_w4"][1].mean()))

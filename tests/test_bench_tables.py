@@ -187,3 +187,30 @@ def test_readme_shows_the_oder_finetunes_table_of_the_committed_report():
             "README's fine-tuning tables differ from `deqir tables results/oder_finetunes.json`: "
             "paste its output"
         )
+
+
+def test_oder_tables_split_oder_minus_tv_by_source_on_test_and_validation():
+    report = _report()
+    assert "− TV" not in oder.markdown_tables(report)  # the summary has no such keys: no table
+    report["summary"] = {
+        "ct_oder_minus_tv_db": -1.5,
+        "ct_oder_minus_tv_by_source": {
+            "ellipses": {"images": 3, "db": -2.25},
+            "real": {"images": 1, "db": 0.5},
+        },
+        "ct_val_oder_minus_tv_db": 0.25,
+        "ct_val_oder_minus_tv_by_source": {
+            "ellipses": {"images": 2, "db": -1.0},
+            "brain": {"images": 2, "db": 1.5},
+        },
+        "ct_oder_over_tv_edge_error": 1.9,
+        "ct_oder_over_tv_flat_error": 3.25,
+    }
+    lines = oder.markdown_tables(report).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| ODER (w = 30) − TV"))
+    assert (
+        lines[head] == "| ODER (w = 30) − TV, dB | ellipses (images) | real (images) | brain (images) | all |"
+    )
+    assert lines[head + 2] == "| test | -2.25 (3) | +0.50 (1) |  | -1.50 |"
+    assert lines[head + 3] == "| validation | -1.00 (2) |  | +1.50 (2) | +0.25 |"
+    assert "1.90× TV's on the pixels next to an edge and 3.25× TV's on the flat ones" in lines[head + 5]

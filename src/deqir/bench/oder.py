@@ -40,7 +40,12 @@ tested with ODER's solver (w = 30, then tail averaging) and ``oder_w30_full_batc
 network tested with the full-batch solver; ``ct_snr_gap_full_batch_solver_db`` and
 ``ct_snr_gap_oder_solver_db`` compare the two networks under one solver (is the target gap in the
 trained weights or in the test solver?), and ``ct_test_snr_by_source`` gives every method's SNR on
-each image source of the CT test split.
+each image source of the CT test split. Where the CT error is: ``ct_error_split_ellipses`` gives
+each method's squared error on the random-ellipse test images, on the pixels next to an edge of
+the true image and on the flat others (:func:`edge_mask`), and ``ct_oder_over_tv_{edge,flat}_error``
+ODER's over TV's. ``ct_val_oder_minus_tv_db`` (with ``_se_db``, ``_by_source``) is ODER minus TV on
+the whole validation split (full run only), whose share of ellipse phantoms differs from the test
+split's.
 
 Costs of one training step (forward solve, backward, batch 2), side by side in one run: wall
 time (in this process), bytes autograd keeps for backward and peak process memory above the
@@ -128,6 +133,9 @@ FIXED_POINT_MAX_ITER = 400
 STEP = 1.5  # step on the L-normalised data gradient (as in the configs)
 RED_DENOISING_TAUS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 QUICK_TV_GRID = [1e-4, 1e-3, 1e-2]  # --quick only (60 TV iterations)
+# where the CT error is (summary ct_error_split_ellipses): pixels within one pixel of a jump larger
+# than this between neighbours of the true image are edge pixels, the others flat
+EDGE_JUMP = 0.02
 
 
 # ----------------------------------------------------------------------------- weights
@@ -186,6 +194,67 @@ def snr_by_source(per_image: dict[str, torch.Tensor], groups: dict[str, list[int
         method: {name: float(values[idx].mean()) for name, idx in groups.items()}
         for method, values in per_image.items()
     }
+
+
+def edge_mask(x: torch.Tensor, jump: float = EDGE_JUMP) -> torch.Tensor:
+    """Pixels of ``x`` (``(N, 1, H, W)``) next to an edge, as 1.0: within one pixel (3×3
+    neighbourhood) of a pair of horizontal or vertical neighbours that differ by more than ``jump``.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 1, 6); x[..., 3:] = 1.0
+        >>> edge_mask(x)[0, 0, 0].tolist()
+        [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs() > jump
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs() > jump
+    step = torch.zeros_like(x, dtype=torch.bool)
+    step[..., 1:, :] |= dy
+    step[..., :-1, :] |= dy
+    step[..., :, 1:] |= dx
+    step[..., :, :-1] |= dx
+    return torch.nn.functional.max_pool2d(step.float(), 3, 1, 1)
+
+
+def squared_error_split(
+    out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the sum of squared errors of ``out`` on the pixels of ``mask`` and on the others.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 2, 2); out = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]])
+        >>> [t.tolist() for t in squared_error_split(out, x, torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]))]
+        [[1.0], [4.0]]
+    """
+    err = (out - x).square()
+    return (err * mask).flatten(1).sum(1).double(), (err * (1 - mask)).flatten(1).sum(1).double()
+
+
+def error_split_summary(
+    split: dict[str, tuple[torch.Tensor, torch.Tensor]], images: list[int]
+) -> dict[str, Any]:
+    """Where the CT error is on the random-ellipse test images (``images``): per method the mean
+    squared error on edge pixels and on flat pixels (``ct_error_split_ellipses``), and ODER's
+    (w = 30) over TV's on each (``ct_oder_over_tv_{edge,flat}_error``).
+
+    Example:
+        >>> split = {"tv": (torch.tensor([1.0, 9.0]), torch.tensor([1.0, 9.0])),
+        ...          "oder_w30": (torch.tensor([2.0, 9.0]), torch.tensor([3.0, 9.0]))}
+        >>> error_split_summary(split, [0])["ct_oder_over_tv_flat_error"]
+        3.0
+    """
+    if not images:
+        return {}
+    table = {
+        method: {"edge_sse": float(edge[images].mean()), "flat_sse": float(flat[images].mean())}
+        for method, (edge, flat) in split.items()
+    }
+    out: dict[str, Any] = {"ct_error_split_ellipses": table}
+    if "oder_w30" in table and "tv" in table:
+        for part in ("edge", "flat"):
+            out[f"ct_oder_over_tv_{part}_error"] = (
+                table["oder_w30"][f"{part}_sse"] / table["tv"][f"{part}_sse"]
+            )
+    return out
 
 
 def _simulate(op, x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
@@ -400,6 +469,7 @@ def _quality(
     average: int | None = None,
     replicates: dict[str, tuple[str, int | None]] | None = None,
     crosses: dict[str, tuple[str, int | None]] | None = None,
+    error_split: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every method on every test set; returns the mean SNR per set and method.
 
@@ -410,6 +480,8 @@ def _quality(
     ``crosses`` maps a row name to a key of ``variants`` and another w: that variant's network
     tested with the other width's solver (a copy of the model, so the rows before it draw the
     same minibatches): is a gap in the trained weights or in the test solver?
+    ``error_split`` (when given) receives, per set and method, each image's squared error on the
+    true image's edge pixels and on its flat pixels (:func:`edge_mask`, :func:`squared_error_split`).
     """
     from deqir.methods.baselines import tune_hyperparameters
     from deqir.metrics import compute_metrics
@@ -585,8 +657,11 @@ def _quality(
                 (row, partial(_reconstruct_as_tested, cross_models[row], w, iterations, average, op, y, x0))
             )
         recs = run_jobs(jobs, f"{task} {set_name}")
+        edges = edge_mask(x) if error_split is not None else None
         for method, (out, seconds) in recs.items():
             scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
+            if edges is not None:
+                error_split.setdefault(set_name, {})[method] = squared_error_split(out.clamp(0, 1), x, edges)
             s = {k: float(scores[k].mean()) for k in ("snr", "psnr", "ssim")}
             results.setdefault(set_name, {})[method] = s["snr"]
             if per_image is not None:
@@ -929,6 +1004,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     figure: dict = {}
     costs: dict = {}
     per_image: dict[str, dict[str, dict[str, torch.Tensor]]] = {"ct": {}, "mri": {}}
+    ct_error_split: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     # the operators of the cost rows are sent to the memory worker now (it builds the heavy CT
     # system matrix in seconds); --quick lets that overlap the quality runs, whose timings it
     # then reads under load, the full run waits so that no timing here competes with it
@@ -987,6 +1063,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
         per_image["ct"],
         replicates=ct_replicates,
         crosses=None if quick else CT_CROSSES,  # analysis rows: the full run only
+        error_split=ct_error_split,
     )
     report.config["real_ct_images"] = real_keys
     bar.update(1)
@@ -1075,6 +1152,13 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
     s["ct_snr_gap_by_source"] = gap_by_source(ct_i["red_deq"], ct_i["oder_w30"], groups)
     s["ct_test_snr_by_source"] = snr_by_source(ct_i, groups)
+    s.update(error_split_summary(ct_error_split["test"], groups.get("ellipses", [])))
+    if "val" in ct_q:  # the whole validation split (its first images tuned TV's lambda)
+        val_i = per_image["ct"]["val"]
+        s["ct_val_oder_minus_tv_db"] = ct_q["val"]["oder_w30"] - ct_q["val"]["tv"]
+        s["ct_val_oder_minus_tv_se_db"] = paired_gap(val_i["oder_w30"], val_i["tv"])[1]
+        val_groups = _sources("ct_phantoms+brain", "val", None)
+        s["ct_val_oder_minus_tv_by_source"] = gap_by_source(val_i["oder_w30"], val_i["tv"], val_groups)
     if "red_deq_as_oder_w30" in m and "oder_w30_full_batch" in m:  # both networks, one solver
         s["ct_snr_gap_full_batch_solver_db"] = m["red_deq"] - m["oder_w30_full_batch"]
         s["ct_snr_gap_oder_solver_db"] = m["red_deq_as_oder_w30"] - m["oder_w30"]
@@ -1258,7 +1342,35 @@ def markdown_tables(report: dict) -> str:
             f"{RESTART_MARK} trained and tested with Nesterov's adaptive restart; the other Nesterov-solved "
             "learned rows without it (`results/oder_restart.json`).",
         ]
+    tv = _tv_table(report.get("summary") or {})
+    lines += ["", tv] if tv else []
     lines += ["", _cost_table(rows)]
+    return "\n".join(lines)
+
+
+def _tv_table(summary: dict) -> str:
+    """ODER (w = 30) minus TV per CT image source, on test and on validation (when the report
+    has them), and ODER's squared error over TV's on the ellipse phantoms' edges and flat parts."""
+    splits = [
+        (name, summary.get(f"ct_{key}oder_minus_tv_by_source"), summary.get(f"ct_{key}oder_minus_tv_db"))
+        for name, key in (("test", ""), ("validation", "val_"))
+    ]
+    splits = [(name, by, total) for name, by, total in splits if by]
+    if not splits:
+        return ""
+    sources = list(dict.fromkeys(src for _, by, _ in splits for src in by))
+    head = ["ODER (w = 30) − TV, dB", *(f"{src} (images)" for src in sources), "all"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, by, total in splits:
+        cells = [f"{by[src]['db']:+.2f} ({by[src]['images']})" if src in by else "" for src in sources]
+        lines.append("| " + " | ".join([name, *cells, f"{total:+.2f}"]) + " |")
+    if "ct_oder_over_tv_edge_error" in summary:
+        lines += [
+            "",
+            "On the ellipse test phantoms ODER's squared error is "
+            f"{summary['ct_oder_over_tv_edge_error']:.2f}× TV's on the pixels next to an edge and "
+            f"{summary['ct_oder_over_tv_flat_error']:.2f}× TV's on the flat ones.",
+        ]
     return "\n".join(lines)
 
 
