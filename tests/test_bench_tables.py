@@ -132,16 +132,30 @@ def test_oder_tables_mark_rows_trained_with_the_adaptive_restart_only_when_setti
     assert f"{oder.RESTART_MARK.strip()} trained and tested with Nesterov's adaptive restart" in tables
 
 
-def test_seed_replicates_are_scored_only_with_the_restart_setting_of_the_model_they_repeat():
-    reps = {"red_deq_seed1": ("oder_ct_red_deq_seed1", None), "oder_w30_seed1": ("oder_ct_w30_seed1", 30)}
+def test_seed_replicates_are_scored_only_with_the_restart_setting_of_the_model_they_repeat(
+    monkeypatch, tmp_path
+):
+    trained_with_restart = {"red_deq": False, "w30": False, "red_deq_restart": True, "w30_restart": True}
+    trained_with_restart |= {"red_deq_seed1": True, "w30_seed1": True}
+    for name in trained_with_restart:
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    monkeypatch.setattr(oder, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(oder, "_trained_restart", trained_with_restart.__getitem__)
+    reps = {"red_deq_seed1": ("red_deq_seed1", None), "oder_w30_seed1": ("w30_seed1", 30)}
     variants = {"red_deq": None, "w30": 30}
-    # the shipped seed-1 pair was trained with the restart, the headline pair without it
-    assert oder._trained_restart("oder_ct_red_deq_seed1") and not oder._trained_restart("oder_ct_red_deq")
-    assert oder.scored_replicates(reps, {"red_deq": "oder_ct_red_deq", "w30": "oder_ct_w30"}, variants) == {}
-    first = {"red_deq": "oder_ct_red_deq_restart", "w30": "oder_ct_w30_restart"}
+    # seed-1 pair trained with the restart, the headline pair without it: nothing to score
+    assert oder.scored_replicates(reps, {"red_deq": "red_deq", "w30": "w30"}, variants) == {}
+    first = {"red_deq": "red_deq_restart", "w30": "w30_restart"}
     assert oder.scored_replicates(reps, first, variants) == reps
-    missing = {"x": ("oder_ct_not_shipped", 30)}
+    trained_with_restart["w30_seed1"] = False  # one retrained without: only the other still matches
+    assert oder.scored_replicates(reps, first, variants) == {"red_deq_seed1": reps["red_deq_seed1"]}
+    missing = {"x": ("not_shipped", 30)}
     assert oder.scored_replicates(missing, first, variants) == {}
+
+
+def test_trained_restart_is_read_from_the_shipped_sidecars():
+    # read from the shipped sidecars' configs (a real file each)
+    assert not oder._trained_restart("oder_ct_red_deq") and oder._trained_restart("oder_ct_w30_restart")
 
 
 def test_oder_tables_refuse_other_reports_and_costs_without_a_full_batch():

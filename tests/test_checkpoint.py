@@ -177,6 +177,28 @@ def test_fold_spectral_norm_transposed_convolution_and_kept_layers():
         fold_spectral_norm(broken, target)
 
 
+def test_fold_spectral_norm_one_dimensional_weight():
+    """torch normalises a 1-D weight by its norm and keeps no power-iteration vectors for it."""
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor([3.0, -4.0, 12.0]))
+
+        def forward(self, x):
+            return x * self.weight
+
+    sn = torch.nn.utils.parametrizations.spectral_norm(Scale()).eval()
+    state = fold_spectral_norm(sn.state_dict(), Scale())
+    assert list(state) == ["weight"]
+    torch.testing.assert_close(state["weight"], torch.tensor([3.0, -4.0, 12.0]) / 13.0)
+    plain = Scale()
+    plain.load_state_dict(state)
+    x = torch.rand(5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), sn(x))
+
+
 def _train_state():
     net = _net()
     opt = torch.optim.Adam(net.parameters(), 1e-3)

@@ -257,8 +257,9 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     :func:`torch.nn.utils.parametrizations.spectral_norm` stores the raw kernel ``W`` and its
     power-iteration vectors ``u``, ``v``; in eval mode the layer computes with ``W / σ``,
     ``σ = uᵀ W v`` (``W`` as a matrix, rows along dimension 1 for transposed convolutions,
-    else 0). Each layer that ``model`` has without the normalisation gets that ``W / σ``, so it
-    computes what the normalised layer computed; every other entry is returned unchanged.
+    else 0; a 1-D ``W`` has no ``u``, ``v`` and is divided by its norm). Each layer that
+    ``model`` has without the normalisation gets that ``W / σ``, so it computes what the
+    normalised layer computed; every other entry is returned unchanged.
 
     Example:
         >>> import torch
@@ -277,7 +278,12 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict
         prefix = key[: -len(_SN_WEIGHT)]
         if prefix + "weight" not in own or key in own:
             continue  # the model keeps this layer normalised (or has no such layer: a mismatch later)
+        weight = state[key]
         u, v = (state.get(prefix + part) for part in _SN_VECTORS)
+        if weight.dim() == 1:  # torch keeps no u, v here: the layer computes W / ||W||
+            out[prefix + "weight"] = torch.nn.functional.normalize(weight, dim=0)
+            out.pop(key)
+            continue
         if u is None or v is None:
             raise CheckpointError(
                 f"weights entry {key} has no power-iteration vectors (_u, _v) beside it: the file "
@@ -285,7 +291,6 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict
             )
         layer = model.get_submodule(prefix[:-1]) if prefix else model
         dim = 1 if isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) else 0
-        weight = state[key]
         matrix = weight.movedim(dim, 0).reshape(weight.shape[dim], -1)
         sigma = torch.dot(u, matrix @ v)
         out[prefix + "weight"] = weight / sigma
