@@ -130,15 +130,22 @@ _FORBIDDEN = {
 }
 
 
-def _deqir_imports(path) -> set[str]:
+def _deqir_imports(path, package: str = "deqir") -> set[str]:
+    """The top-level parts of deqir a file imports (``deqir.X...`` -> ``X``); ``package`` is the
+    file's own package, against which relative imports are resolved."""
     import ast
 
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from ..train import y
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # from deqir import train: the imported names are the parts
+            names = [f"{base}.{alias.name}" for alias in node.names] if base == "deqir" else [base]
         else:
             continue
         found |= {n.split(".")[1] for n in names if n.startswith("deqir.")}
@@ -160,14 +167,19 @@ def test_layers_import_only_the_layers_below():
         )
         assert files, layer
         for f in files:
-            bad = _deqir_imports(f) & forbidden
+            package = ".".join(("deqir", *f.relative_to(root).parent.parts))
+            bad = _deqir_imports(f, package) & forbidden
             crossings += [f"{f.relative_to(root)} imports deqir.{b}" for b in sorted(bad)]
     assert not crossings, crossings
 
 
-def test_layer_check_sees_function_level_imports(tmp_path):
+def test_layer_check_sees_function_level_package_and_relative_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text(
         "def g():\n    from deqir.train.checkpoint import load_weights\n    import deqir.bench.common\n"
     )
     assert _deqir_imports(f) == {"train", "bench"}
+    f.write_text("from deqir import train, errors\n")
+    assert _deqir_imports(f) == {"train", "errors"}
+    f.write_text("from ..data import splits\nfrom . import dncnn\n")
+    assert _deqir_imports(f, "deqir.priors") == {"data", "priors"}

@@ -400,6 +400,16 @@ def test_deqir_data_sources_plug_in():
     assert banks["train"].images[0].shape == (1, 16, 16)
 
 
+def test_a_moved_data_source_loads_under_its_old_path():
+    """Runs and sidecars written before training_images moved to deqir.data.splits name the old path."""
+    pytest.importorskip("deqir.data")
+    opts = {"source": "ct_phantoms", "native": False}
+    old = load_source("deqir.priors.pretrained:training_images", 16, 0, 0, 0, seed=0, options=opts)
+    new = load_source("deqir.data.splits:training_images", 16, 0, 0, 0, seed=0, options=opts)
+    assert len(old["train"]) == len(new["train"]) > 0
+    assert torch.equal(old["val"].images[0], new["val"].images[0])
+
+
 def test_extra_train_sizes_add_the_same_training_images_at_other_sizes():
     pytest.importorskip("deqir.data")
     opts = {"count": 6, "use_cache": False, "splits": [4, 1, 1]}

@@ -19,7 +19,7 @@ from deqir.errors import DeqirError
 __version__ = "0.1.0"
 __all__ = ["DeqirError", "__version__", "physics", "metrics", "data"]
 
-_SUBMODULES = {"physics", "metrics", "data", "solvers", "priors", "methods", "train", "bench"}
+_SUBMODULES = {"physics", "metrics", "storage", "data", "solvers", "priors", "methods", "train", "bench"}
 
 
 def __getattr__(name: str) -> Any:

@@ -57,6 +57,7 @@ __all__ = [
     "default_cache_dir",
     "fit_image",
     "split_samples",
+    "training_images",
     "STANDARD_SOURCES",
 ]
 

@@ -242,24 +242,6 @@ def add_test_noise(clean: torch.Tensor, sigma: float, seed: int = 0) -> torch.Te
     return torch.stack(out)
 
 
-def _denoise(net: nn.Module, noisy: torch.Tensor, sigma: float, batch: int = 4) -> torch.Tensor:
-    import torch
-
-    with torch.no_grad():
-        parts = [net(noisy[i : i + batch], sigma) for i in range(0, noisy.shape[0], batch)]
-    return torch.cat(parts).clamp(0, 1)
-
-
-def _test_psnr(net: nn.Module, clean: torch.Tensor, sigmas: Sequence[int], seed: int) -> dict[str, float]:
-    from deqir.metrics import psnr
-
-    out = {}
-    for s in sigmas:
-        noisy = add_test_noise(clean, s / 255, seed)
-        out[str(s)] = round(float(psnr(_denoise(net, noisy, s / 255), clean).mean()), 3)
-    return out
-
-
 def pretrained_table(folder: str | Path | None = None, names: Sequence[str] | None = None) -> str:
     """:func:`list_pretrained` as a Markdown table (what ``deqir weights list`` prints).
 

@@ -120,7 +120,7 @@ class ModelConfig:
     """The network.
 
     Attributes:
-        name: a name of :data:`deqir.train.registry.MODELS` or ``"package.module:callable"``.
+        name: a name of :data:`deqir.priors.registry.MODELS` or ``"package.module:callable"``.
         options: keyword arguments of the model's constructor (checked against its signature).
         weights: safetensors file to initialise the network from (e.g. a pretrained denoiser,
             ``pretrained:NAME``), or a run's weights (``runs/NAME/weights/best.safetensors``), which

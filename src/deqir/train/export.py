@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deqir.errors import CheckpointError, ConfigError, DataError, InvalidValueError
 from deqir.priors.pretrained import (
@@ -21,9 +22,33 @@ from deqir.priors.pretrained import (
     PRETRAINED,
     TEST_SIGMAS,
     _check_name,
-    _test_psnr,
+    add_test_noise,
     weights_dir,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _denoise(net: nn.Module, noisy: torch.Tensor, sigma: float, batch: int = 4) -> torch.Tensor:
+    import torch
+
+    with torch.no_grad():
+        parts = [net(noisy[i : i + batch], sigma) for i in range(0, noisy.shape[0], batch)]
+    return torch.cat(parts).clamp(0, 1)
+
+
+def _test_psnr(net: nn.Module, clean: torch.Tensor, sigmas: Sequence[int], seed: int) -> dict[str, float]:
+    """PSNR (dB) of ``net`` on ``clean`` with :func:`~deqir.priors.pretrained.add_test_noise` at
+    each of ``sigmas`` (0..255 scale), output clipped to ``[0, 1]``."""
+    from deqir.metrics import psnr
+
+    out = {}
+    for s in sigmas:
+        noisy = add_test_noise(clean, s / 255, seed)
+        out[str(s)] = round(float(psnr(_denoise(net, noisy, s / 255), clean).mean()), 3)
+    return out
 
 
 def export_weights(
@@ -42,14 +67,14 @@ def export_weights(
     (as float16 when ``dtype="auto"`` and float32 would exceed ``max_bytes``) and writes a
     sidecar with the architecture, the training data and schedule, the noise range, the run's
     best validation PSNR, and the test PSNR measured here: on the held-out test split of the
-    run's own data source, noise from :func:`add_test_noise` (seed 0), output clipped to
-    ``[0, 1]``, for the stored weights and for the float32 weights (so the cost of float16 is on
-    record).
+    run's own data source, noise from :func:`deqir.priors.pretrained.add_test_noise` (seed 0),
+    output clipped to ``[0, 1]``, for the stored weights and for the float32 weights (so the cost
+    of float16 is on record).
 
     Args:
         run_dir: the run folder.
         name: ``natural``, ``ct`` or ``mri``: the files are ``denoiser_<name>.*``.
-        out_dir: where to write (default: :func:`weights_dir`).
+        out_dir: where to write (default: :func:`deqir.priors.pretrained.weights_dir`).
         weights: ``best`` or ``final`` weights of the run.
         dtype: ``auto``, ``float32`` or ``float16``.
         sigmas: test noise levels on the 0..255 scale.

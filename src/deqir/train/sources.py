@@ -90,6 +90,9 @@ def _synthetic_source(
 SOURCES: dict[str, Callable[..., dict[str, Sequence[torch.Tensor]]]] = {
     "synthetic": _synthetic_source,
 }
+#: data sources named by a path they no longer have (run folders and sidecars written before the
+#: move still name the old one) -> the path now
+MOVED_SOURCES = {"deqir.priors.pretrained:training_images": "deqir.data.splits:training_images"}
 
 
 def load_source(
@@ -129,6 +132,7 @@ def _source_splits(name: str, image_size: int, counts: dict[str, int], seed: int
     """The raw ``{split: images}`` mapping of a source at one size."""
     from deqir.train.registry import check_options, resolve
 
+    name = MOVED_SOURCES.get(name, name)
     if name not in SOURCES and ":" not in name:
         from deqir.data import build_dataset
 

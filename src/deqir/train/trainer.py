@@ -152,7 +152,7 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     any other file sets the whole method after it is built, its learned parameters (step, τ)
     included, so a run can be fine-tuned further with other settings, and a file that fits neither
     is refused naming the differences. Either may come from a spectral-normalised network while
-    ``model.options`` turn the normalisation off (:func:`deqir.train.checkpoint.fold_spectral_norm`).
+    ``model.options`` turn the normalisation off (:func:`deqir.storage.fold_spectral_norm`).
 
     Example:
         >>> from deqir.train.config import config_from_dict
