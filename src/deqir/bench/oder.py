@@ -232,9 +232,10 @@ def squared_error_split(
 def error_split_summary(
     split: dict[str, tuple[torch.Tensor, torch.Tensor]], images: list[int]
 ) -> dict[str, Any]:
-    """Where the CT error is on the random-ellipse test images (``images``): per method the mean
-    squared error on edge pixels and on flat pixels (``ct_error_split_ellipses``), and ODER's
-    (w = 30) over TV's on each (``ct_oder_over_tv_{edge,flat}_error``).
+    """Where the CT error is on the random-ellipse test images (``images``): per method each
+    image's sum of squared errors on its edge pixels and on its flat pixels, averaged over the
+    images (``ct_error_split_ellipses``), and ODER's (w = 30) over TV's on each
+    (``ct_oder_over_tv_{edge,flat}_error``).
 
     Example:
         >>> split = {"tv": (torch.tensor([1.0, 9.0]), torch.tensor([1.0, 9.0])),
@@ -480,8 +481,9 @@ def _quality(
     ``crosses`` maps a row name to a key of ``variants`` and another w: that variant's network
     tested with the other width's solver (a copy of the model, so the rows before it draw the
     same minibatches): is a gap in the trained weights or in the test solver?
-    ``error_split`` (when given) receives, per set and method, each image's squared error on the
-    true image's edge pixels and on its flat pixels (:func:`edge_mask`, :func:`squared_error_split`).
+    ``error_split`` (when given) receives, for the ``test`` set and each method, each image's
+    squared error on the true image's edge pixels and on its flat pixels (:func:`edge_mask`,
+    :func:`squared_error_split`).
     """
     from deqir.methods.baselines import tune_hyperparameters
     from deqir.metrics import compute_metrics
@@ -657,7 +659,7 @@ def _quality(
                 (row, partial(_reconstruct_as_tested, cross_models[row], w, iterations, average, op, y, x0))
             )
         recs = run_jobs(jobs, f"{task} {set_name}")
-        edges = edge_mask(x) if error_split is not None else None
+        edges = edge_mask(x) if error_split is not None and set_name == "test" else None
         for method, (out, seconds) in recs.items():
             scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
             if edges is not None:
@@ -1355,7 +1357,7 @@ def _tv_table(summary: dict) -> str:
         (name, summary.get(f"ct_{key}oder_minus_tv_by_source"), summary.get(f"ct_{key}oder_minus_tv_db"))
         for name, key in (("test", ""), ("validation", "val_"))
     ]
-    splits = [(name, by, total) for name, by, total in splits if by]
+    splits = [(name, by, total) for name, by, total in splits if by and total is not None]
     if not splits:
         return ""
     sources = list(dict.fromkeys(src for _, by, _ in splits for src in by))
