@@ -433,13 +433,13 @@ def test_oder_bench_error_split_adds_up_to_each_images_error(monkeypatch):
     )  # fmt: skip
     mask = oder.edge_mask(x)
     assert mask[0, 0, 6, 8] == 0 and mask[0, 0, 4, 8] == 1 and mask[0, 0, 3, 8] == 1 and mask[0, 0, 0, 0] == 0
-    assert set(split["test"]) == set(per_image["test"])
-    for method, (edge, flat) in split["test"].items():
+    assert set(split) == set(per_image["test"])
+    for method, (edge, flat) in split.items():
         snr = 10 * torch.log10(x.square().flatten(1).sum(1).double() / (edge + flat))
         torch.testing.assert_close(snr, per_image["test"][method], atol=1e-3, rtol=0), method
         assert (edge >= 0).all() and (flat >= 0).all()
-    summary = oder.error_split_summary(split["test"], [0, 1])
+    summary = oder.error_split_summary(split, [0, 1])
     tv, minibatch = summary["ct_error_split_ellipses"]["tv"], summary["ct_error_split_ellipses"]["oder_w4"]
     assert "ct_oder_over_tv_edge_error" not in summary  # no w = 30 row here
-    assert tv["edge_sse"] == pytest.approx(float(split["test"]["tv"][0].mean()))
-    assert minibatch["flat_sse"] == pytest.approx(float(split["test"]["oder_w4"][1].mean()))
+    assert tv["edge_sse"] == pytest.approx(float(split["tv"][0].mean()))
+    assert minibatch["flat_sse"] == pytest.approx(float(split["oder_w4"][1].mean()))

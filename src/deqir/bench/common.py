@@ -622,16 +622,12 @@ def export_run(run_dir: str | Path, name: str | None = None, out_dir: Path | Non
     Example:
         >>> export_run("runs/oder_ct_w30")  # doctest: +SKIP
     """
-    from deqir.train.checkpoint import load_weights, read_sidecar, save_weights
-    from deqir.train.config import load_config
-    from deqir.train.trainer import build_model_from_config
+    from deqir.train.checkpoint import read_sidecar, save_weights
+    from deqir.train.report import load_run_model
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    model = build_model_from_config(cfg, initial_weights=False)
-    best = run_dir / "weights" / "best.safetensors"
-    load_weights(best, model)
-    meta = read_sidecar(best) or {}
+    model = load_run_model(run_dir, "best")
+    meta = read_sidecar(run_dir / "weights" / "best.safetensors") or {}
     raw = (run_dir / "config.yaml").read_text()
     import yaml
 

@@ -470,7 +470,7 @@ def _quality(
     average: int | None = None,
     replicates: dict[str, tuple[str, int | None]] | None = None,
     crosses: dict[str, tuple[str, int | None]] | None = None,
-    error_split: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    error_split: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every method on every test set; returns the mean SNR per set and method.
 
@@ -481,7 +481,7 @@ def _quality(
     ``crosses`` maps a row name to a key of ``variants`` and another w: that variant's network
     tested with the other width's solver (a copy of the model, so the rows before it draw the
     same minibatches): is a gap in the trained weights or in the test solver?
-    ``error_split`` (when given) receives, for the ``test`` set and each method, each image's
+    ``error_split`` (when given) receives, for each method on the ``test`` set, each image's
     squared error on the true image's edge pixels and on its flat pixels (:func:`edge_mask`,
     :func:`squared_error_split`).
     """
@@ -661,9 +661,10 @@ def _quality(
         recs = run_jobs(jobs, f"{task} {set_name}")
         edges = edge_mask(x) if error_split is not None and set_name == "test" else None
         for method, (out, seconds) in recs.items():
-            scores = compute_metrics(out.clamp(0, 1), x)  # per image, scored once
+            clipped = out.clamp(0, 1)
+            scores = compute_metrics(clipped, x)  # per image, scored once
             if edges is not None:
-                error_split.setdefault(set_name, {})[method] = squared_error_split(out.clamp(0, 1), x, edges)
+                error_split[method] = squared_error_split(clipped, x, edges)
             s = {k: float(scores[k].mean()) for k in ("snr", "psnr", "ssim")}
             results.setdefault(set_name, {})[method] = s["snr"]
             if per_image is not None:
@@ -1006,7 +1007,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     figure: dict = {}
     costs: dict = {}
     per_image: dict[str, dict[str, dict[str, torch.Tensor]]] = {"ct": {}, "mri": {}}
-    ct_error_split: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    ct_error_split: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # test set: method -> split
     # the operators of the cost rows are sent to the memory worker now (it builds the heavy CT
     # system matrix in seconds); --quick lets that overlap the quality runs, whose timings it
     # then reads under load, the full run waits so that no timing here competes with it
@@ -1154,7 +1155,7 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     s["ct_oder_minus_fbp_db"] = m["oder_w30"] - m["fbp"]
     s["ct_snr_gap_by_source"] = gap_by_source(ct_i["red_deq"], ct_i["oder_w30"], groups)
     s["ct_test_snr_by_source"] = snr_by_source(ct_i, groups)
-    s.update(error_split_summary(ct_error_split["test"], groups.get("ellipses", [])))
+    s.update(error_split_summary(ct_error_split, groups.get("ellipses", [])))
     if "val" in ct_q:  # the whole validation split (its first images tuned TV's lambda)
         val_i = per_image["ct"]["val"]
         s["ct_val_oder_minus_tv_db"] = ct_q["val"]["oder_w30"] - ct_q["val"]["tv"]
