@@ -10,7 +10,7 @@ Example:
     >>> from deqir.physics.noise import GaussianNoise
     >>> y = torch.ones(1, 1, 100, 100)
     >>> noisy = GaussianNoise(snr_db=20)(y, generator=torch.Generator().manual_seed(0))
-    >>> round(float(20 * torch.log10(y.norm() / (noisy - y).norm())), 6)
+    >>> round(float(20 * torch.log10(y.norm() / (noisy - y).norm())), 4)
     20.0
 """
 
