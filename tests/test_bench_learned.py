@@ -443,3 +443,24 @@ def test_oder_bench_error_split_adds_up_to_each_images_error(monkeypatch):
     assert "ct_oder_over_tv_edge_error" not in summary  # no w = 30 row here
     assert tv["edge_sse"] == pytest.approx(float(split["tv"][0].mean()))
     assert minibatch["flat_sse"] == pytest.approx(float(split["oder_w4"][1].mean()))
+
+
+def test_oder_bench_figure_wraps_many_methods_into_rows_of_six(tmp_path):
+    from PIL import Image
+
+    from deqir.bench import oder
+
+    truth = torch.zeros(16, 16)
+    truth[4:12, 4:12] = 1.0
+    methods = ["truth"] + [f"method_{k}" for k in range(16)]
+    figure = {"ct": {m: truth.clone() for m in methods}, "mri": {m: truth.clone() for m in methods[:9]}}
+    row = {"step_seconds": 1.0, "peak_bytes": 100}
+    costs = {f"setting_{k}": {10: row, 30: row, 90: row} for k in range(3)}
+    grid = oder.figure_grid(figure, costs)
+    # 17 CT panels -> 6 + 6 + 5, 9 MRI panels -> 6 + 3, then the three cost plots
+    assert [len(r) for r in grid] == [6, 6, 5, 6, 3, 3]
+    assert [p[1] for r in grid[:3] for p in r] == ["ct"] * 17
+    assert [p[2] for r in grid[:3] for p in r] == methods
+    assert grid[-1] == [("costs", f"setting_{k}") for k in range(3)]
+    width, height = Image.open(oder._figure(figure, costs, tmp_path / "f.png")).size
+    assert width <= 6 * 2.4 * 90 + 1 and height > width  # six columns, not one per method

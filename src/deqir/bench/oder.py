@@ -397,7 +397,7 @@ def scored_replicates(
 
     Example:
         >>> reps = {"oder_w30_seed1": ("oder_ct_w30_seed1", 30)}
-        >>> scored_replicates(reps, {"w30": "oder_ct_w30_restart"}, {"w30": 30}) == reps
+        >>> scored_replicates(reps, {"w30": "oder_ct_w30"}, {"w30": 30}) == reps
         True
     """
     repeated = {w: names[v] for v, w in variants.items()}
@@ -829,6 +829,25 @@ def _cost_rows(
 
 
 # ----------------------------------------------------------------------------- figure
+#: Reconstructions per row of the bench figure (a task's panels wrap onto further rows).
+FIGURE_COLUMNS = 6
+
+
+def figure_grid(figure: dict, costs: dict, columns: int = FIGURE_COLUMNS) -> list[list[tuple]]:
+    """The layout of the bench figure: rows of at most ``columns`` panels, each task's
+    reconstructions (``("image", task, name)``) wrapping onto as many rows as they need, then
+    the cost curves (``("costs", setting)``), also wrapped.
+
+    Example:
+        >>> grid = figure_grid({"ct": dict.fromkeys("abcdefgh")}, {"ct 128": {}}, columns=6)
+        >>> [len(row) for row in grid], grid[1][0], grid[2]
+        ([6, 2, 1], ('image', 'ct', 'g'), [('costs', 'ct 128')])
+    """
+    panels = [[("image", task, name) for name in names] for task, names in figure.items()]
+    panels.append([("costs", setting) for setting in costs])
+    return [group[i : i + columns] for group in panels for i in range(0, len(group), columns)]
+
+
 def _figure(figure: dict, costs: dict, path: Path) -> Path | None:
     if not figure:
         return None
@@ -837,39 +856,41 @@ def _figure(figure: dict, costs: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(figure.items())
-    cols = max(len(v) for _, v in rows)
-    fig, axes = plt.subplots(len(rows) + 1, cols, figsize=(2.4 * cols, 2.5 * (len(rows) + 1)), squeeze=False)
-    for i, (task, panels) in enumerate(rows):
-        truth = panels["truth"]
-        for j, (name, img) in enumerate(panels.items()):
-            ax = axes[i, j]
-            ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
-            title = (
-                name
-                if name == "truth"
-                else f"{name}\n{float(_scores(img[None, None], truth[None, None])['snr']):.2f} dB SNR"
-            )
-            ax.set_title(f"{task}: {title}" if j == 0 else title, fontsize=7)
-        for ax in axes[i]:
-            ax.axis("off")
-    for ax in axes[-1]:
+    grid = figure_grid(figure, costs)
+    cols = max(len(row) for row in grid)
+    fig, axes = plt.subplots(len(grid), cols, figsize=(2.4 * cols, 2.6 * len(grid)), squeeze=False)
+    for ax in axes.flat:
         ax.axis("off")
-    for k, (setting, rows_w) in enumerate(costs.items()):
-        if k >= cols:
-            break
-        ax = axes[-1, k]
-        ax.axis("on")
-        ws = sorted(rows_w)
-        full = rows_w[max(ws)]
-        ax.plot(ws, [rows_w[w]["step_seconds"] / full["step_seconds"] for w in ws], "o-", label="step time")
-        ax.plot(
-            ws, [rows_w[w]["peak_bytes"] / max(full["peak_bytes"], 1) for w in ws], "s-", label="peak memory"
-        )
-        ax.plot(ws, [w / max(ws) for w in ws], "k--", lw=0.8, label="w / b")
-        ax.set_title(f"{setting}: / full batch", fontsize=7)
-        ax.set_xlabel("w (blocks per iteration)", fontsize=7)
-        ax.legend(fontsize=6)
+    for i, row in enumerate(grid):
+        for j, panel in enumerate(row):
+            ax = axes[i, j]
+            if panel[0] == "image":
+                _, task, name = panel
+                img, truth = figure[task][name], figure[task]["truth"]
+                ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
+                score = float(_scores(img[None, None], truth[None, None])["snr"])
+                ax.set_title(
+                    f"{task}: {name}" + ("" if name == "truth" else f"\n{score:.2f} dB SNR"), fontsize=8
+                )
+                continue
+            setting = panel[1]
+            rows_w = costs[setting]
+            ws = sorted(rows_w)
+            full = rows_w[max(ws)]
+            ax.axis("on")
+            ax.plot(
+                ws, [rows_w[w]["step_seconds"] / full["step_seconds"] for w in ws], "o-", label="step time"
+            )
+            ax.plot(
+                ws,
+                [rows_w[w]["peak_bytes"] / max(full["peak_bytes"], 1) for w in ws],
+                "s-",
+                label="peak memory",
+            )
+            ax.plot(ws, [w / max(ws) for w in ws], "k--", lw=0.8, label="w / b")
+            ax.set_title(f"{setting}: / full batch", fontsize=8)
+            ax.set_xlabel("w (blocks per iteration)", fontsize=7)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     from deqir.figures import save_figure
 
