@@ -140,13 +140,30 @@ def test_markdown_table_shows_every_summary_number():
         "",
         "45.12 |",
     ]
+    summary |= {
+        "gradient_exact_converged": 1.0,
+        "gradient_exact_iterations": 201.0,
+        "gradient_exact_rel_residual": 9.9e-8,
+    }
+    table = oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": summary, "config": config})
+    assert table.split("\n\n")[-1] == (
+        "The exact gradient: the adjoint equation solved by Anderson to 1e-07, reached on 100 % of the "
+        "images in at most 201 iterations (largest relative residual 9.9e-08)."
+    )
     with pytest.raises(InvalidValueError, match="oder_finetunes"):
         oder_finetunes.markdown_tables({"bench": "oder", "summary": {}})
 
 
 def test_gradient_agreement_the_loose_implicit_gradient_is_closest_to_the_exact_one():
-    out = oder_finetunes.gradient_agreement("oder_ct_red_deq", count=1, load=_stand_in, size=32)
+    # the shipped RED(DEQ) (a random stand-in's map is no contraction: its adjoint never converges)
+    out = oder_finetunes.gradient_agreement("oder_ct_red_deq", count=1, size=32)
+    exact = out.pop("exact")
     assert set(out) == set(oder_finetunes.GRADIENTS)
+    # the reference solve reached its tolerance (the comparison means nothing otherwise)
+    assert (
+        exact["converged"] == 1.0 and exact["rel_residual"] <= oder_finetunes.EXACT_GRADIENT["backward_tol"]
+    )
+    assert 1 <= exact["iterations"] <= oder_finetunes.EXACT_GRADIENT["backward_max_iter"]
     for values in out.values():
         assert -1.0 <= values["cosine"] <= 1.0 and values["norm_ratio"] > 0
     assert out["implicit_1e-3"]["cosine"] > 0.99
