@@ -436,7 +436,7 @@ def test_oder_bench_error_split_adds_up_to_each_images_error(monkeypatch):
     assert set(split) == set(per_image["test"])
     for method, (edge, flat) in split.items():
         snr = 10 * torch.log10(x.square().flatten(1).sum(1).double() / (edge + flat))
-        torch.testing.assert_close(snr, per_image["test"][method], atol=1e-3, rtol=0), method
+        torch.testing.assert_close(snr, per_image["test"][method], atol=1e-3, rtol=0, msg=method)
         assert (edge >= 0).all() and (flat >= 0).all()
     summary = oder.error_split_summary(split, [0, 1])
     tv, minibatch = summary["ct_error_split_ellipses"]["tv"], summary["ct_error_split_ellipses"]["oder_w4"]

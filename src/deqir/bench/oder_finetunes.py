@@ -8,7 +8,8 @@ spectral normalisation, ``k20`` with a 20-step undamped phantom gradient, ``impl
 implicit gradient. ``implicit_full`` (``make oder-implicit-full``) is not a continuation: the
 whole 900-step fine-tuning from the pretrained prior, as the shipped pair's, with the implicit
 gradient instead of the phantom one. Their validation curves are in
-``results/oder_ct_finetune_curves.json`` (``deqir curves``); this bench tests their best weights
+``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
+``results/oder_ct_implicit_full_curves.json``; ``deqir curves``); this bench tests their best weights
 (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests the shipped pair:
 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with fresh stratified
 minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations, RED(DEQ) with
@@ -26,7 +27,7 @@ Summary, for each variant whose two runs exist (the others are listed in ``confi
 And ``gradient_{phantom_3,phantom_20,implicit_1e-3}_{cosine,norm_ratio}``: how the training
 gradients the variants use compare with the exact implicit gradient (:func:`gradient_agreement`,
 the shipped RED(DEQ) on 2 validation images), and ``gradient_exact_{converged,iterations,
-rel_residual}``: whether that reference's adjoint solve reached its tolerance.
+rel_residual,tol}``: whether that reference's adjoint solve reached its tolerance.
 
 ``config.runs`` records each run's end of training (its ``metrics.json``: steps, best validation
 PSNR), or that it has not finished, and the shipped pair's validation PSNR (its sidecar).
@@ -226,6 +227,7 @@ def gradient_agreement(
             "converged": float(backward.converged.float().mean()),
             "iterations": float(backward.iterations.max()),
             "rel_residual": float(backward.rel_residual.max()),
+            "tol": EXACT_GRADIENT["backward_tol"],
         }
     }
     for key, settings in GRADIENTS.items():
@@ -320,7 +322,7 @@ def markdown_tables(report: dict) -> str:
             for label, key in gradients
         ]
         if "gradient_exact_converged" in s:
-            tol = EXACT_GRADIENT["backward_tol"]
+            tol = s.get("gradient_exact_tol", EXACT_GRADIENT["backward_tol"])
             lines += [
                 "",
                 f"The exact gradient: the adjoint equation solved by Anderson to {tol:g}, reached on "

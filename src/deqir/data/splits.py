@@ -316,10 +316,11 @@ def default_cache_dir() -> Path:
 
     Example:
         >>> import os
+        >>> before = os.environ.get("DEQIR_CACHE")
         >>> os.environ["DEQIR_CACHE"] = "/tmp/deqir-cache"
         >>> str(default_cache_dir())
         '/tmp/deqir-cache'
-        >>> del os.environ["DEQIR_CACHE"]
+        >>> _ = os.environ.pop("DEQIR_CACHE") if before is None else os.environ.update(DEQIR_CACHE=before)
     """
     env = os.environ.get("DEQIR_CACHE")
     if env:
