@@ -191,15 +191,15 @@ def test_cli_tables_prints_the_tables_and_refuses_benches_without_them(tmp_path)
     assert "no README tables" in str(result.exception)
 
 
-def test_readme_shows_the_oder_finetunes_table_of_the_committed_report():
+@pytest.mark.parametrize("report", ["oder_finetunes.json", "oder_implicit_full.json"])
+def test_readme_shows_the_oder_finetunes_table_of_the_committed_report(report):
     from deqir.bench import oder_finetunes
 
-    tables = oder_finetunes.markdown_tables(load_report(ROOT / "results" / "oder_finetunes.json"))
+    tables = oder_finetunes.markdown_tables(load_report(ROOT / "results" / report))
     readme = (ROOT / "README.md").read_text()
     for table in tables.split("\n\n"):
         assert table in readme, (
-            "README's fine-tuning tables differ from `deqir tables results/oder_finetunes.json`: "
-            "paste its output"
+            f"README's fine-tuning tables differ from `deqir tables results/{report}`: paste its output"
         )
 
 
