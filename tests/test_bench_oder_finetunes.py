@@ -82,7 +82,7 @@ def test_run_status_reads_the_end_of_training(tmp_path):
     (tmp_path / "b" / "metrics.json").write_text("{not json")
     status = oder_finetunes.run_status(tmp_path, ["a", "b", "c"])
     assert status == {
-        "a": {"finished": True, "step": 300, "best_val_psnr": 44.9},
+        "a": {"finished": True, "step": 300, "best_val_psnr": 44.9, "train_seconds": 1},
         "b": {"finished": False},
         "c": {"finished": False},
     }

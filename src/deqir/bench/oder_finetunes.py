@@ -83,7 +83,8 @@ def available_variants(runs_dir: str | Path = "runs") -> tuple[dict[str, tuple[s
 
 def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
     """For each run, what its ``metrics.json`` says of the end of its training (steps, best
-    validation PSNR), or ``{"finished": False}`` when it has none (still training, or stopped).
+    validation PSNR, training seconds when recorded), or ``{"finished": False}`` when it has none
+    (still training, or stopped).
 
     Example:
         >>> run_status("no/such/folder", ["oder_ct_w30_nosn"])
@@ -97,6 +98,8 @@ def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
         try:
             metrics = json.loads(path.read_text())
             out[name] = {"finished": True, "step": metrics["step"], "best_val_psnr": metrics["best_val_psnr"]}
+            if "seconds" in metrics:
+                out[name]["train_seconds"] = metrics["seconds"]
         except (OSError, ValueError, KeyError, TypeError):
             out[name] = {"finished": False}
     return out
