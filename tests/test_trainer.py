@@ -18,7 +18,7 @@ from torch import nn
 from deqir.errors import CheckpointError, ConfigError, ConvergenceError
 from deqir.physics.base import LinearOperator
 from deqir.train import seeding
-from deqir.train.checkpoint import load_checkpoint, load_weights, read_sidecar
+from deqir.train.checkpoint import load_checkpoint, load_weights, read_sidecar, save_weights
 from deqir.train.config import TrainSection, config_from_dict
 from deqir.train.report import evaluate_run
 from deqir.train.sources import ImageBank, load_source, synthetic_images
@@ -590,6 +590,20 @@ def test_model_weights_of_a_trained_method_set_the_whole_method(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(method.network(x), trained.network(x), rtol=0, atol=1e-6)
 
+    # model.load_scalars false: the trained network, the options' step and τ (another τ to tune at)
+    own = build_model_from_config(
+        config_from_dict({**again, "model": {**again["model"], "load_scalars": False}})
+    )
+    torch.testing.assert_close(own.tau.detach(), torch.tensor(0.2), rtol=1e-5, atol=0)
+    torch.testing.assert_close(own.step.detach(), torch.tensor(0.3), rtol=1e-5, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(own.network(x), trained.network(x), rtol=0, atol=1e-6)
+    prior = dict(raw, model={**raw["model"], "load_scalars": False})  # a network's file: nothing to leave out
+    save_weights(trained.network, tmp_path / "net.safetensors")
+    prior["model"]["weights"] = str(tmp_path / "net.safetensors")
+    with pytest.raises(ConfigError, match="load_scalars is false, but .* a network's weights"):
+        build_model_from_config(config_from_dict(prior))
+
     # a network-only model cannot take a method's file: a clear error, not a silent partial load
     plain = dict(again, method={"name": "none"})
     with pytest.raises(CheckpointError, match="does not fit"):
@@ -625,3 +639,59 @@ def test_model_weights_of_a_network_reach_every_copy_and_a_misfit_names_both(tmp
     other = save_weights(torch.nn.Linear(3, 2), tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="fits neither the network"):
         build_model_from_config(config_from_dict({**raw, "model": {**raw["model"], "weights": str(other)}}))
+
+
+def test_scalar_lr_factor_lets_the_learned_step_and_tau_move(tmp_path):
+    """Adam moves every parameter by about the learning rate per step: at the network's rate τ and
+    the step barely move; ``train.scalar_lr_factor`` gives them their own, larger rate."""
+
+    from deqir.train.trainer import build_model_from_config
+
+    def moved(factor):
+        raw = _tiny_oder(tmp_path, 4)
+        raw["train"]["lr"] = 1e-4
+        raw["train"]["scalar_lr_factor"] = factor
+        raw["experiment"]["name"] = f"scalars_{factor}"
+        start = build_model_from_config(config_from_dict(raw)).raw_parameters.detach()
+        run = train_from_config(raw, device="cpu")
+        return (final_weights(run)["raw_parameters"] - start).abs()
+
+    slow, fast = moved(1.0), moved(100.0)
+    assert (fast > 30 * slow).all() and (fast > 1e-3).all()
+
+
+def test_scalar_lr_factor_without_learned_scalars_or_not_positive_is_refused(tmp_path):
+    with pytest.raises(
+        ConfigError, match="has no trainable step or prior weight .*remove train.scalar_lr_factor"
+    ):
+        train_from_config(tiny(tmp_path, train__scalar_lr_factor=10.0), device="cpu")
+    with pytest.raises(ConfigError, match=r"train.scalar_lr_factor: must be > 0"):
+        config_from_dict(tiny(tmp_path, train__scalar_lr_factor=0.0))
+
+
+def test_load_scalars_false_keeps_an_unrolled_methods_configured_steps(tmp_path):
+    """The unrolled methods' learned steps (``raw_steps``) are scalars too: a trained method's file
+    sets them, unless ``model.load_scalars`` is false; ``scalar_lr_factor`` finds them."""
+    from deqir.train.checkpoint import save_weights
+    from deqir.train.trainer import build_model_from_config
+
+    raw = {
+        "model": {"name": "shallow_cell", "options": {"width": 4}},
+        "method": {"name": "loop_unrolled", "options": {"steps": 3, "regulariser": "feedforward"}},
+        "physics": {"noise_sigma": 0.1},
+    }
+    trained = build_model_from_config(config_from_dict(raw))
+    configured = trained.raw_steps.detach().clone()
+    with torch.no_grad():
+        trained.raw_steps.fill_(3.0)
+    path = save_weights(trained, tmp_path / "method.safetensors")
+    loaded = build_model_from_config(
+        config_from_dict({**raw, "model": {**raw["model"], "weights": str(path)}})
+    )
+    assert bool((loaded.raw_steps == 3.0).all())
+    kept = build_model_from_config(
+        config_from_dict({**raw, "model": {**raw["model"], "weights": str(path), "load_scalars": False}})
+    )
+    torch.testing.assert_close(kept.raw_steps, configured, rtol=0, atol=0)
+    for (k, a), b in zip(trained.regularisers.state_dict().items(), kept.regularisers.state_dict().values()):
+        assert torch.equal(a, b), k  # the networks still come from the file

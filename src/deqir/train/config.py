@@ -6,10 +6,11 @@ A configuration has seven sections; every key is optional and has a documented d
     data:       {source, image_size, patch_size, num_train, num_val, num_test, batch_size,
                  augment, extra_train_sizes, options}
     physics:    {operator, options, noise_sigma, noise_sigma_range, noise_snr_db}
-    model:      {name, options, weights}
+    model:      {name, options, weights, load_scalars}
     method:     {name, options, init, input}
     train:      {steps, lr, weight_decay, betas, schedule, warmup_steps, step_size, gamma,
-                 min_lr_factor, grad_clip, loss, val_every, log_every, checkpoint_every, patience,
+                 min_lr_factor, grad_clip, scalar_lr_factor, loss, val_every, log_every,
+                 checkpoint_every, patience,
                  min_delta, max_rollbacks, rollback_lr_factor, max_loss, explode_factor,
                  deterministic, progress}
     eval:       {split, num_images, num_figures, weights, batch_size}
@@ -126,11 +127,15 @@ class ModelConfig:
             ``pretrained:NAME``), or a run's weights (``runs/NAME/weights/best.safetensors``), which
             initialise the whole method, its learned step and τ included. Spectral-normalised
             weights also load into the network without spectral normalisation.
+        load_scalars: with a run's weights, take its learned scalars too (RED's step and τ,
+            ELDER's λ and τ, the unrolled methods' steps); ``false`` keeps the method's options'
+            values, to fine-tune a trained network at another τ.
     """
 
     name: str = "dncnn"
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    load_scalars: bool = True
 
 
 @dataclass
@@ -171,6 +176,11 @@ class TrainSection:
         step_size, gamma: of the ``step`` schedule.
         min_lr_factor: final learning rate of the cosine schedule, relative to ``lr``.
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        scalar_lr_factor: learning rate of the method's learned scalars (softplus-coded: RED's
+            step and τ, ELDER's λ and τ, the unrolled methods' steps), relative to ``lr``. Adam
+            moves every parameter by about the learning rate per step, whatever its gradient, so
+            at ``lr`` 3e-4 such a scalar barely moves in a training (the shipped CT ODER's τ:
+            0.0100 to 0.0097 in 900 steps).
         loss: ``mse``, ``l1`` or ``noise_mse`` (denoising only: each image's squared error over
             ``σ² + (1/255)²``, the noise-prediction loss of diffusion models. Plain MSE weighs an
             image by ``σ²`` once the residual is scaled by ``σ``, so low noise levels, where PnP
@@ -198,6 +208,7 @@ class TrainSection:
     gamma: float = 0.5
     min_lr_factor: float = 0.01
     grad_clip: float | None = None
+    scalar_lr_factor: float = 1.0
     loss: Literal["mse", "l1", "noise_mse"] = "mse"
     val_every: int = 100
     log_every: int = 10
@@ -505,6 +516,7 @@ def _check_consistency(cfg: Config) -> None:
         ("train.checkpoint_every", t.checkpoint_every),
         ("train.step_size", t.step_size),
         ("train.grad_clip", t.grad_clip),
+        ("train.scalar_lr_factor", t.scalar_lr_factor),
         ("train.patience", t.patience),
         ("train.max_loss", t.max_loss),
         ("train.explode_factor", t.explode_factor),

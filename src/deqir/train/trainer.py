@@ -143,6 +143,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+#: Names of the methods' learned scalars (softplus-coded steps and prior weights): RED's and ELDER's
+#: ``raw_parameters``, the unrolled methods' ``raw_steps`` and the proximal-gradient DEQ's ``raw_step``.
+LEARNED_SCALARS = ("raw_parameters", "raw_steps", "raw_step")
+
+
+def _is_learned_scalar(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in LEARNED_SCALARS
+
+
 def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.Module:
     """The network of ``config.model`` (with ``model.weights`` loaded) wrapped by ``config.method``.
 
@@ -150,9 +159,10 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     ``weights/best.safetensors``). A file whose parameter names are the network's is loaded into
     the network before the method is built (methods that copy their network get it in every copy);
     any other file sets the whole method after it is built, its learned parameters (step, τ)
-    included, so a run can be fine-tuned further with other settings, and a file that fits neither
-    is refused naming the differences. Either may come from a spectral-normalised network while
-    ``model.options`` turn the normalisation off (:func:`deqir.storage.fold_spectral_norm`).
+    included (unless ``model.load_scalars`` is false), so a run can be fine-tuned further with
+    other settings, and a file that fits neither is refused naming the differences. Either may
+    come from a spectral-normalised network while ``model.options`` turn the normalisation off
+    (:func:`deqir.storage.fold_spectral_norm`).
 
     Example:
         >>> from deqir.train.config import config_from_dict
@@ -170,7 +180,18 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
     if path is not None and not whole_method:
         ckpt.load_weights(path, network)  # before the method is built: some copy the network
     method = build_method(config.method.name, network, config.method.options)
+    if path is not None and not config.model.load_scalars and not whole_method:
+        raise ConfigError(
+            f"config model.load_scalars is false, but model.weights {path} holds a network's weights, "
+            "not a trained method's: it has no learned scalars to leave out; remove the key"
+        )
     if whole_method:
+        own = {k: v.clone() for k, v in method.state_dict().items() if _is_learned_scalar(k)}
+        if not own and not config.model.load_scalars:
+            raise ConfigError(
+                f"config model.load_scalars is false, but method '{config.method.name}' has no learned "
+                f"scalars ({', '.join(LEARNED_SCALARS)}) to keep from its options; remove the key"
+            )
         try:
             ckpt.load_weights(path, method)
         except CheckpointError as err:
@@ -178,6 +199,8 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
                 f"model.weights {path} fits neither the network ({type(network).__name__}: other "
                 f"parameter names) nor the whole method: {err}"
             ) from None
+        if not config.model.load_scalars:  # the options' step and τ, not the file's
+            method.load_state_dict(own, strict=False)
     return method
 
 
@@ -264,7 +287,9 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.Adam(self.params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self._param_groups(t), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+        )
         self.lr_scale = 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: self.lr_scale * lr_schedule(s, self.cfg.train)
@@ -346,6 +371,26 @@ class Trainer:
                     "model does not have: resume with the configuration that wrote it (RUN/config.yaml)"
                 )
             modules[name].load_sampler_state(sampler)
+
+    def _param_groups(self, t: Any) -> list[dict[str, Any]]:
+        """Adam's parameter groups: one, or with ``train.scalar_lr_factor`` the method's learned
+        scalars (:data:`LEARNED_SCALARS`) in a second group at ``lr`` times that factor, without
+        weight decay (it would pull a softplus-coded step or τ towards log 2)."""
+        if t.scalar_lr_factor == 1.0:
+            return [{"params": self.params}]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        scalars = [p for n, p in named if _is_learned_scalar(n)]
+        if not scalars:
+            raise ConfigError(
+                f"config train.scalar_lr_factor is {t.scalar_lr_factor}, but method "
+                f"'{self.cfg.method.name}' has no trainable step or prior weight "
+                f"({', '.join(LEARNED_SCALARS)}): remove train.scalar_lr_factor or set it to 1, or "
+                "let the method learn them (method.options.learn_parameters or learn_step true)"
+            )
+        ids = {id(p) for p in scalars}
+        rest = [p for _, p in named if id(p) not in ids]
+        scalar_group = {"params": scalars, "lr": t.lr * t.scalar_lr_factor, "weight_decay": 0.0}
+        return [{"params": rest}] * bool(rest) + [scalar_group]
 
     def _apply_lr(self) -> None:
         factor = self.lr_scale * lr_schedule(self.scheduler.last_epoch, self.cfg.train)
