@@ -75,6 +75,68 @@ def test_variants_found_in_a_runs_folder_and_a_run_without_weights_is_named(tmp_
         load_run_model(tmp_path / "oder_ct_w30_k20")
 
 
+def test_an_oder_only_variant_has_an_oder_row_and_gap_to_tv_only(tmp_path):
+    rows = oder_finetunes.split_rows(
+        "test", 1, {"tau03": ("oder_ct_w30_tau03", None)}, load=_stand_in, size=32
+    )
+    assert list(rows) == ["tau03|oder_w30"]
+    t = torch.tensor
+    per_image = {"test": {"tau03|oder_w30": t([32.0, 30.0]), "tv": t([31.0, 31.0])}}
+    s = oder_finetunes.summarise(per_image, {"ellipses": [0, 1]})
+    assert s["ct_oder_minus_tv_tau03_db"] == pytest.approx(0.0) and s["ct_snr_tau03_oder_w30"] == 31.0
+    assert not [k for k in s if k.startswith(("ct_snr_gap", "ct_snr_tau03_red"))]
+    s |= {"ct_oder_minus_tv_tau03_se_db": 1.0}
+    config = {
+        "variants": {"tau03": {"oder_w30": "oder_ct_w30_tau03", "red_deq": None}},
+        "runs": {"oder_ct_w30_tau03": {"best_val_psnr": 44.0, "tau": 0.0294}},
+    }
+    table = oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": s, "config": config})
+    head, _, line = table.splitlines()
+    assert head.endswith("| ODER best val. PSNR | ODER τ |")
+    assert line.split(" | ")[1:4] == ["31.00", "", "0.00 ± 1.00"] and line.endswith("| 44.00 | 0.0294 |")
+    # --only picks variants (shipped always), names an unknown one
+    (tmp_path / "oder_ct_w30_tau03" / "weights").mkdir(parents=True)
+    (tmp_path / "oder_ct_w30_tau03" / "weights" / "best.safetensors").write_bytes(b"")
+    found, missing = oder_finetunes.available_variants(tmp_path, only=["tau03", "tau06"])
+    assert found == {"shipped": oder_finetunes.VARIANTS["shipped"], "tau03": ("oder_ct_w30_tau03", None)}
+    assert missing == ["oder_ct_w30_tau06"]
+    with pytest.raises(InvalidValueError, match=r"--only: unknown variants \['tau3'\]; choose from"):
+        oder_finetunes.available_variants(tmp_path, only=["tau3"])
+    with pytest.raises(InvalidValueError, match="--only names no variant"):
+        oder_finetunes.available_variants(tmp_path, only=[])
+    with pytest.raises(DataError, match=r"--only: runs \['oder_ct_w30_tau06'\] have no weights"):
+        oder_finetunes.run(only=["tau03", "tau06"], runs_dir=tmp_path)
+
+
+def test_bench_only_is_refused_by_a_bench_without_variants():
+    from typer.testing import CliRunner
+
+    from deqir.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "operators", "--quick", "--only", "x"], env={"COLUMNS": "200"})
+    assert result.exit_code != 0 and "has no variants to pick; drop --only" in result.output
+
+
+def test_learned_scalars_of_a_run_and_of_a_file_without_them(tmp_path):
+    from deqir.methods.common import inverse_softplus
+    from deqir.train.checkpoint import save_weights
+
+    model = _stand_in("oder_ct_w30_x")
+    with torch.no_grad():
+        model.raw_parameters.copy_(torch.tensor([inverse_softplus(1.25), inverse_softplus(0.02)]))
+    save_weights(model, tmp_path / "run" / "weights" / "best.safetensors")
+    (tmp_path / "run" / "metrics.json").write_text('{"step": 3, "best_val_psnr": 40.0}')
+    status = oder_finetunes.run_status(tmp_path, ["run"])["run"]
+    assert status["tau"] == pytest.approx(0.02, rel=1e-5) and status["best_val_psnr"] == 40.0
+    assert oder_finetunes.learned_scalars(tmp_path / "run" / "weights" / "best.safetensors")[
+        "step"
+    ] == pytest.approx(1.25)
+    save_weights(model.network, tmp_path / "net.safetensors")
+    assert oder_finetunes.learned_scalars(tmp_path / "net.safetensors") == {}
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    assert oder_finetunes.learned_scalars(tmp_path / "bad.safetensors") == {}
+
+
 def test_run_status_reads_the_end_of_training(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "metrics.json").write_text('{"step": 300, "best_val_psnr": 44.9, "seconds": 1}')

@@ -35,11 +35,15 @@ def bench(
     ),
     quick: bool = typer.Option(False, "--quick", help="Reduced version (under a minute)."),
     json_path: Path = typer.Option(None, "--json", help="Where to save the JSON report."),
+    only: str = typer.Option(
+        None, "--only", help="Comma-separated variants to run (oder_finetunes); default: all found."
+    ),
 ) -> None:
     """Run a benchmark, print its table and optionally save the JSON report (with the run's
     wall time in ``machine.wall_seconds``); with ``--json``, a bench that draws a figure writes
     it beside the report (``--json out/x.json`` gives ``out/x.png``), without it to the bench's
-    own default (``results/NAME.png`` for a full run)."""
+    own default (``results/NAME.png`` for a full run). ``--only`` picks the variants of a bench
+    that has them (``deqir bench oder_finetunes --only tau03,tau06``)."""
     import inspect
     import time
 
@@ -48,8 +52,15 @@ def bench(
     start = time.perf_counter()
     bench_module = load_bench(name)
     options: dict = {"quick": quick}
-    if json_path is not None and "figure_path" in inspect.signature(bench_module.run).parameters:
+    parameters = inspect.signature(bench_module.run).parameters
+    if json_path is not None and "figure_path" in parameters:
         options["figure_path"] = json_path.with_suffix(".png")
+    if only is not None:
+        if "only" not in parameters:
+            raise typer.BadParameter(
+                f"bench '{name}' has no variants to pick; drop --only", param_hint="--only"
+            )
+        options["only"] = [v.strip() for v in only.split(",") if v.strip()]
     report = bench_module.run(**options)
     report.machine["wall_seconds"] = round(time.perf_counter() - start, 1)
     typer.echo(report.table())

@@ -7,16 +7,21 @@ with its own settings (the control: a fresh optimiser and schedule alone), ``nos
 spectral normalisation, ``k20`` with a 20-step undamped phantom gradient, ``implicit`` with the
 implicit gradient. ``implicit_full`` (``make oder-implicit-full``) is not a continuation: the
 whole 900-step fine-tuning from the pretrained prior, as the shipped pair's, with the implicit
-gradient instead of the phantom one. Their validation curves are in
+gradient instead of the phantom one. ``tau0025``, ``tau005``, ``tau03``, ``tau06`` (``make
+oder-tau``) are ODER alone (no RED(DEQ) run): the control with the prior weight τ set to 0.0025,
+0.005, 0.03 or 0.06 instead of the shipped 0.0097; ``scalars``, the control with the step and τ
+learned at 100 times the network's rate (``train.scalar_lr_factor``). Their validation curves are in
 ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
-``results/oder_ct_implicit_full_curves.json``; ``deqir curves``); this bench tests their best weights
+``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``;
+``deqir curves``); this bench tests their best weights
 (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests the shipped pair:
 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with fresh stratified
 minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations, RED(DEQ) with
 all angles; TV's λ tuned on the first 4 validation images. The ``shipped`` variant is the shipped
 pair itself, so its rows repeat ``deqir bench oder``'s.
 
-Summary, for each variant whose two runs exist (the others are listed in ``config.missing``):
+Summary, for each variant whose runs exist (the others are listed in ``config.missing``; an
+ODER-only variant has no RED(DEQ) keys):
 
 - ``ct_oder_minus_tv_{variant}_db`` (with ``_se_db`` and ``_by_source``): ODER minus TV, per
   test image, averaged;
@@ -27,7 +32,8 @@ Summary, for each variant whose two runs exist (the others are listed in ``confi
 And ``gradient_{phantom_3,phantom_20,implicit_1e-3}_{cosine,norm_ratio}``: how the training
 gradients the variants use compare with the exact implicit gradient (:func:`gradient_agreement`,
 the shipped RED(DEQ) on 2 validation images), and ``gradient_exact_{converged,iterations,
-rel_residual,tol}``: whether that reference's adjoint solve reached its tolerance.
+rel_residual,tol}``: whether that reference's adjoint solve reached its tolerance (not computed
+when every variant picked with ``only`` is ODER-only).
 
 ``config.runs`` records each run's end of training (its ``metrics.json``: steps, best validation
 PSNR), or that it has not finished, and the shipped pair's validation PSNR (its sidecar).
@@ -52,39 +58,60 @@ from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs, 
 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
-#: variant -> (ODER run, RED(DEQ) run); ``shipped`` is the shipped pair the others start from.
-VARIANTS = {
+#: variant -> (ODER run, RED(DEQ) run or ``None`` for an ODER-only experiment); ``shipped`` is the
+#: shipped pair the others start from.
+VARIANTS: dict[str, tuple[str, str | None]] = {
     "shipped": ("oder_ct_w30", "oder_ct_red_deq"),
     "more": ("oder_ct_w30_more", "oder_ct_red_deq_more"),
     "nosn": ("oder_ct_w30_nosn", "oder_ct_red_deq_nosn"),
     "k20": ("oder_ct_w30_k20", "oder_ct_red_deq_k20"),
     "implicit": ("oder_ct_w30_implicit", "oder_ct_red_deq_implicit"),
     "implicit_full": ("oder_ct_w30_implicit_full", "oder_ct_red_deq_implicit_full"),
+    "scalars": ("oder_ct_w30_scalars", None),
+    "tau0025": ("oder_ct_w30_tau0025", None),
+    "tau005": ("oder_ct_w30_tau005", None),
+    "tau03": ("oder_ct_w30_tau03", None),
+    "tau06": ("oder_ct_w30_tau06", None),
 }
 
 
-def available_variants(runs_dir: str | Path = "runs") -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """The variants whose two runs have best weights in ``runs_dir`` (``shipped`` always), and the
-    names of the missing runs.
+def available_variants(
+    runs_dir: str | Path = "runs", only: list[str] | None = None
+) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
+    """The variants (of ``only``, default all) whose runs have best weights in ``runs_dir``
+    (``shipped`` always), and the names of the missing runs.
 
     Example:
         >>> found, missing = available_variants("no/such/folder")
         >>> list(found), missing[:2]
         (['shipped'], ['oder_ct_w30_more', 'oder_ct_red_deq_more'])
+        >>> available_variants("no/such/folder", only=["tau03"])
+        ({'shipped': ('oder_ct_w30', 'oder_ct_red_deq')}, ['oder_ct_w30_tau03'])
     """
+    from deqir.errors import InvalidValueError
+
+    if only is not None and not only:
+        raise InvalidValueError("--only names no variant; name some or leave the option out")
+    unknown = sorted(set(only or []) - set(VARIANTS))
+    if unknown:
+        raise InvalidValueError(f"--only: unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     found, missing = {}, []
-    for variant, names in VARIANTS.items():
+    for variant, pair in VARIANTS.items():
+        if only is not None and variant not in only and variant != "shipped":
+            continue
+        names = [n for n in pair if n is not None]
         absent = [n for n in names if not (Path(runs_dir) / n / "weights" / "best.safetensors").is_file()]
         if variant == "shipped" or not absent:
-            found[variant] = names
+            found[variant] = pair
         missing += absent if variant != "shipped" else []
     return found, missing
 
 
 def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
     """For each run, what its ``metrics.json`` says of the end of its training (steps, best
-    validation PSNR, training seconds when recorded), or ``{"finished": False}`` when it has none
-    (still training, or stopped).
+    validation PSNR, training seconds when recorded) and the step and τ of its best weights
+    (:func:`learned_scalars`), or ``{"finished": False}`` when it has no metrics (still training,
+    or stopped).
 
     Example:
         >>> run_status("no/such/folder", ["oder_ct_w30_nosn"])
@@ -102,7 +129,29 @@ def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
                 out[name]["train_seconds"] = metrics["seconds"]
         except (OSError, ValueError, KeyError, TypeError):
             out[name] = {"finished": False}
+            continue
+        out[name] |= learned_scalars(Path(runs_dir) / name / "weights" / "best.safetensors")
     return out
+
+
+def learned_scalars(path: str | Path) -> dict[str, float]:
+    """The step and prior weight τ in a RED method's weights file (its softplus-coded
+    ``raw_parameters``), or ``{}`` when the file has none or cannot be read.
+
+    Example:
+        >>> from deqir.bench.common import WEIGHTS_DIR
+        >>> {k: round(v, 4) for k, v in learned_scalars(WEIGHTS_DIR / "oder_ct_w30.safetensors").items()}
+        {'step': 1.572, 'tau': 0.0097}
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.get_tensor("raw_parameters")
+    except Exception:  # no such file or key, or corrupt: nothing to report
+        return {}
+    step, tau = torch.nn.functional.softplus(raw.double()).tolist()
+    return {"step": step, "tau": tau}
 
 
 def shipped_status() -> dict[str, dict[str, Any]]:
@@ -118,8 +167,10 @@ def shipped_status() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name in VARIANTS["shipped"]:
         metrics = (read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}).get("metrics") or {}
-        out[name] = {"shipped": True} | (
-            {"best_val_psnr": metrics["val_psnr"]} if "val_psnr" in metrics else {}
+        out[name] = (
+            {"shipped": True}
+            | ({"best_val_psnr": metrics["val_psnr"]} if "val_psnr" in metrics else {})
+            | learned_scalars(WEIGHTS_DIR / f"{name}.safetensors")
         )
     return out
 
@@ -135,8 +186,9 @@ def split_rows(
     split: str, count: int | None, variants: dict, load=None, runs_dir: str | Path = "runs", size: int = 128
 ) -> dict[str, torch.Tensor]:
     """Per-image SNR of every variant's ODER (key ``{variant}|oder_w30``) and RED(DEQ)
-    (``{variant}|red_deq``) on ``count`` images of ``split`` (``None``: all), each with its own
-    solver as trained; the models from ``load(name)`` (default: shipped or ``runs_dir/name``)."""
+    (``{variant}|red_deq``, none for an ODER-only variant) on ``count`` images of ``split``
+    (``None``: all), each with its own solver as trained; the models from ``load(name)``
+    (default: shipped or ``runs_dir/name``)."""
     from deqir.bench import oder
     from deqir.bench.oder_restart import ct_split
     from deqir.metrics import compute_metrics
@@ -146,6 +198,8 @@ def split_rows(
     jobs = []
     for variant, (oder_name, red_name) in variants.items():
         for row, name, w in (("oder_w30", oder_name, W), ("red_deq", red_name, None)):
+            if name is None:  # an ODER-only experiment
+                continue
             model = load(name)
             average = oder.TEST_AVERAGE if w is not None else None
             solve = partial(oder._reconstruct_as_tested, model, w, model.max_iter, average, op, y, x0)
@@ -172,10 +226,13 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, l
     variants = sorted({k.split("|")[0] for k in test if "|" in k})
     for v in variants:
         mini, full = test.get(f"{v}|oder_w30"), test.get(f"{v}|red_deq")
-        if mini is None or full is None:
+        oder_only = v in VARIANTS and VARIANTS[v][1] is None
+        if mini is None or (full is None and not oder_only):  # a pair's partner missing: no keys
             continue
-        s[f"ct_snr_{v}_oder_w30"], s[f"ct_snr_{v}_red_deq"] = float(mini.mean()), float(full.mean())
-        s[f"ct_snr_gap_{v}_db"], s[f"ct_snr_gap_{v}_se_db"] = paired_gap(full, mini)
+        s[f"ct_snr_{v}_oder_w30"] = float(mini.mean())
+        if full is not None:  # else an ODER-only experiment
+            s[f"ct_snr_{v}_red_deq"] = float(full.mean())
+            s[f"ct_snr_gap_{v}_db"], s[f"ct_snr_gap_{v}_se_db"] = paired_gap(full, mini)
         if f"{v}|oder_w30" in val and f"{v}|red_deq" in val:
             s[f"ct_val_snr_gap_{v}_db"] = float((val[f"{v}|red_deq"] - val[f"{v}|oder_w30"]).mean())
         if "tv" in test:
@@ -255,13 +312,19 @@ VARIANT_LABELS = {
     "k20": "+ 200 steps, phantom gradient of 20 undamped steps",
     "implicit": "+ 300 steps, implicit gradient (Anderson to 1e-3)",
     "implicit_full": "900 steps from the pretrained prior, implicit gradient (Anderson to 1e-3)",
+    "scalars": "ODER only: + 300 steps, step and τ learned at 100× the rate",
+    "tau0025": "ODER only: + 300 steps at τ = 0.0025 (shipped: 0.0097)",
+    "tau005": "ODER only: + 300 steps at τ = 0.005",
+    "tau03": "ODER only: + 300 steps at τ = 0.03",
+    "tau06": "ODER only: + 300 steps at τ = 0.06",
 }
 
 
 def markdown_tables(report: dict) -> str:
     """The README's tables of a saved report (``results/oder_finetunes.json``): per variant, the
     mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
-    source) and RED(DEQ) minus ODER on test and validation, and ODER's best validation PSNR;
+    source) and RED(DEQ) minus ODER on test and validation, ODER's best validation PSNR and, when
+    the report has it, ODER's learned τ;
     then, when the report has them, the training gradients against the exact implicit one.
 
     Example:
@@ -292,26 +355,29 @@ def markdown_tables(report: dict) -> str:
         for src in sources
     ]
     head += ["RED(DEQ) − ODER", "same, validation", "ODER best val. PSNR"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     runs = config.get("runs", {})
     variant_runs = config.get("variants", {})
+    oder_runs = [runs.get(variant_runs.get(v, {}).get("oder_w30", ""), {}) for v in variants]
+    with_tau = any("tau" in r for r in oder_runs)  # reports since the learned τ was recorded
+    head += ["ODER τ"] * with_tau
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
 
     def pm(key: str) -> str:
         return f"{s[key]:.2f} ± {s[key.removesuffix('_db') + '_se_db']:.2f}" if key in s else ""
 
-    for v in variants:
+    for v, oder_run in zip(variants, oder_runs, strict=True):
         by_source = s.get(f"ct_oder_minus_tv_{v}_by_source", {})
-        oder_run = runs.get(variant_runs.get(v, {}).get("oder_w30", ""), {})
         cells = [
             VARIANT_LABELS.get(v, v),
             f"{s[f'ct_snr_{v}_oder_w30']:.2f}",
-            f"{s[f'ct_snr_{v}_red_deq']:.2f}",
+            f"{s[f'ct_snr_{v}_red_deq']:.2f}" if f"ct_snr_{v}_red_deq" in s else "",
         ]
         cells += [pm(f"ct_oder_minus_tv_{v}_db")]
         cells += [f"{by_source[src]['db']:.2f}" if src in by_source else "" for src in sources]
         cells += [pm(f"ct_snr_gap_{v}_db")]
         cells += [f"{s[f'ct_val_snr_gap_{v}_db']:.2f}" if f"ct_val_snr_gap_{v}_db" in s else ""]
         cells += [f"{oder_run['best_val_psnr']:.2f}" if "best_val_psnr" in oder_run else ""]
+        cells += [f"{oder_run['tau']:.4f}" if "tau" in oder_run else ""] * with_tau
         lines.append("| " + " | ".join(cells) + " |")
     gradients = [(label, key) for key, label in GRADIENT_LABELS.items() if f"gradient_{key}_cosine" in s]
     if gradients:
@@ -344,16 +410,28 @@ def _figure(report: BenchReport, path: Path) -> Path:
 
 
 def run(
-    quick: bool = False, figure_path: str | Path | None = None, runs_dir: str | Path = "runs"
+    quick: bool = False,
+    figure_path: str | Path | None = None,
+    runs_dir: str | Path = "runs",
+    only: list[str] | None = None,
 ) -> BenchReport:
-    """Run the benchmark (see the module docstring); returns the report."""
+    """Run the benchmark (see the module docstring) on the variants of ``only`` (default: all
+    whose runs are in ``runs_dir``); returns the report."""
     from deqir.bench.oder import _sources
     from deqir.bench.oder_restart import _tv
 
     figure_path = Path(
         figure_path or ("out/oder_finetunes_quick.png" if quick else "results/oder_finetunes.png")
     )
-    variants, missing = available_variants(runs_dir)
+    from deqir.errors import DataError
+
+    variants, missing = available_variants(runs_dir, only)
+    if only is not None and missing:
+        raise DataError(
+            f"--only: runs {missing} have no weights/best.safetensors in {runs_dir}; train them "
+            "(their configs are configs/<run>.yaml; see the Makefile) or drop them from --only"
+        )
+    oder_only = only is not None and all(VARIANTS[v][1] is None for v in variants if v != "shipped")
     counts = {"test": 2 if quick else None} | ({} if quick else {"val": None})
     report = BenchReport(
         "oder_finetunes",
@@ -366,7 +444,7 @@ def run(
             "weights": f"shipped for 'shipped', else {runs_dir}/<run>/weights/best.safetensors",
             "missing": missing,
             "runs": run_status(
-                runs_dir, [n for v, names in variants.items() if v != "shipped" for n in names]
+                runs_dir, [n for v, names in variants.items() if v != "shipped" for n in names if n]
             )
             | shipped_status(),
             "splits": {k: "whole" if v is None else v for k, v in counts.items()},
@@ -380,7 +458,7 @@ def run(
             for split, count in counts.items()
         }
         tv = None if quick else pool.submit(_tv, counts["test"])
-        gradients = None if quick else pool.submit(gradient_agreement)
+        gradients = None if quick or oder_only else pool.submit(gradient_agreement)
         per_image = {split: f.result() for split, f in futures.items()}
         if tv is not None:
             per_image["test"]["tv"] = tv.result()
