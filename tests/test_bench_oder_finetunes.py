@@ -88,12 +88,14 @@ def test_an_oder_only_variant_has_an_oder_row_and_gap_to_tv_only(tmp_path):
     s |= {"ct_oder_minus_tv_tau03_se_db": 1.0}
     config = {
         "variants": {"tau03": {"oder_w30": "oder_ct_w30_tau03", "red_deq": None}},
-        "runs": {"oder_ct_w30_tau03": {"best_val_psnr": 44.0, "tau": 0.0294}},
+        "runs": {"oder_ct_w30_tau03": {"best_val_psnr": 44.0, "learned_step": 1.5901, "learned_tau": 0.0294}},
     }
     table = oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": s, "config": config})
     head, _, line = table.splitlines()
-    assert head.endswith("| ODER best val. PSNR | ODER τ |")
-    assert line.split(" | ")[1:4] == ["31.00", "", "0.00 ± 1.00"] and line.endswith("| 44.00 | 0.0294 |")
+    assert head.endswith("| ODER best val. PSNR | ODER step / τ |")
+    assert line.split(" | ")[1:4] == ["31.00", "", "0.00 ± 1.00"] and line.endswith(
+        "| 44.00 | 1.59 / 0.0294 |"
+    )
     # --only picks variants (shipped always), names an unknown one
     (tmp_path / "oder_ct_w30_tau03" / "weights").mkdir(parents=True)
     (tmp_path / "oder_ct_w30_tau03" / "weights" / "best.safetensors").write_bytes(b"")
@@ -127,10 +129,10 @@ def test_learned_scalars_of_a_run_and_of_a_file_without_them(tmp_path):
     save_weights(model, tmp_path / "run" / "weights" / "best.safetensors")
     (tmp_path / "run" / "metrics.json").write_text('{"step": 3, "best_val_psnr": 40.0}')
     status = oder_finetunes.run_status(tmp_path, ["run"])["run"]
-    assert status["tau"] == pytest.approx(0.02, rel=1e-5) and status["best_val_psnr"] == 40.0
-    assert oder_finetunes.learned_scalars(tmp_path / "run" / "weights" / "best.safetensors")[
-        "step"
-    ] == pytest.approx(1.25)
+    assert status["learned_tau"] == pytest.approx(0.02, rel=1e-5) and status["learned_step"] == pytest.approx(
+        1.25
+    )
+    assert status["step"] == 3 and status["best_val_psnr"] == 40.0  # the training's steps, not the method's
     save_weights(model.network, tmp_path / "net.safetensors")
     assert oder_finetunes.learned_scalars(tmp_path / "net.safetensors") == {}
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")

@@ -141,7 +141,7 @@ def learned_scalars(path: str | Path) -> dict[str, float]:
     Example:
         >>> from deqir.bench.common import WEIGHTS_DIR
         >>> {k: round(v, 4) for k, v in learned_scalars(WEIGHTS_DIR / "oder_ct_w30.safetensors").items()}
-        {'step': 1.572, 'tau': 0.0097}
+        {'learned_step': 1.572, 'learned_tau': 0.0097}
     """
     from safetensors import safe_open
 
@@ -151,7 +151,7 @@ def learned_scalars(path: str | Path) -> dict[str, float]:
     except Exception:  # no such file or key, or corrupt: nothing to report
         return {}
     step, tau = torch.nn.functional.softplus(raw.double()).tolist()
-    return {"step": step, "tau": tau}
+    return {"learned_step": step, "learned_tau": tau}
 
 
 def shipped_status() -> dict[str, dict[str, Any]]:
@@ -324,7 +324,7 @@ def markdown_tables(report: dict) -> str:
     """The README's tables of a saved report (``results/oder_finetunes.json``): per variant, the
     mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
     source) and RED(DEQ) minus ODER on test and validation, ODER's best validation PSNR and, when
-    the report has it, ODER's learned τ;
+    the report has them, ODER's learned step and τ;
     then, when the report has them, the training gradients against the exact implicit one.
 
     Example:
@@ -358,8 +358,8 @@ def markdown_tables(report: dict) -> str:
     runs = config.get("runs", {})
     variant_runs = config.get("variants", {})
     oder_runs = [runs.get(variant_runs.get(v, {}).get("oder_w30", ""), {}) for v in variants]
-    with_tau = any("tau" in r for r in oder_runs)  # reports since the learned τ was recorded
-    head += ["ODER τ"] * with_tau
+    with_tau = any("learned_tau" in r for r in oder_runs)  # reports since the learned τ was recorded
+    head += ["ODER step / τ"] * with_tau
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
 
     def pm(key: str) -> str:
@@ -377,7 +377,11 @@ def markdown_tables(report: dict) -> str:
         cells += [pm(f"ct_snr_gap_{v}_db")]
         cells += [f"{s[f'ct_val_snr_gap_{v}_db']:.2f}" if f"ct_val_snr_gap_{v}_db" in s else ""]
         cells += [f"{oder_run['best_val_psnr']:.2f}" if "best_val_psnr" in oder_run else ""]
-        cells += [f"{oder_run['tau']:.4f}" if "tau" in oder_run else ""] * with_tau
+        cells += [
+            f"{oder_run['learned_step']:.2f} / {oder_run['learned_tau']:.4f}"
+            if "learned_tau" in oder_run
+            else ""
+        ] * with_tau
         lines.append("| " + " | ".join(cells) + " |")
     gradients = [(label, key) for key, label in GRADIENT_LABELS.items() if f"gradient_{key}_cosine" in s]
     if gradients:
