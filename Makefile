@@ -144,7 +144,7 @@ oder-implicit-full: $(STAMP)
 # And ODER alone at another prior weight tau: the control's 300 further steps with tau = 0.0025,
 # 0.005, 0.03 and 0.06 instead of the shipped 0.0097 (configs/oder_ct_w30_tau*.yaml), and with the
 # step and tau learned at 100 times the network's rate (configs/oder_ct_w30_scalars.yaml); each run
-# takes about 18 minutes on one core, so the five side by side on two cores about 45. Validation
+# took about 18 minutes on one core when trained two at a time (five at once take longer). Validation
 # curves in results/oder_ct_tau_curves.json and .png, tested against TV as above:
 # results/oder_tau.json and .png. Not shipped.
 ODER_TAU = oder_ct_w30_scalars oder_ct_w30_tau0025 oder_ct_w30_tau005 oder_ct_w30_tau03 oder_ct_w30_tau06

@@ -178,9 +178,9 @@ class TrainSection:
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
         scalar_lr_factor: learning rate of the method's learned scalars (softplus-coded: RED's
             step and τ, ELDER's λ and τ, the unrolled methods' steps), relative to ``lr``. Adam
-            moves every parameter by about the learning rate per step, whatever its gradient, so
-            at ``lr`` 3e-4 such a scalar barely moves in a training (the shipped CT ODER's τ:
-            0.0100 to 0.0097 in 900 steps).
+            moves every parameter by at most about the learning rate per step, whatever its
+            gradient, so at ``lr`` 3e-4 such a scalar barely moves in a training (the shipped CT
+            ODER's τ: 0.0100 to 0.0097 in 900 steps).
         loss: ``mse``, ``l1`` or ``noise_mse`` (denoising only: each image's squared error over
             ``σ² + (1/255)²``, the noise-prediction loss of diffusion models. Plain MSE weighs an
             image by ``σ²`` once the residual is scaled by ``σ``, so low noise levels, where PnP
