@@ -642,7 +642,7 @@ def test_model_weights_of_a_network_reach_every_copy_and_a_misfit_names_both(tmp
 
 
 def test_scalar_lr_factor_lets_the_learned_step_and_tau_move(tmp_path):
-    """Adam moves every parameter by about the learning rate per step: at the network's rate τ and
+    """Adam moves every parameter by at most about the learning rate per step: at the network's rate τ and
     the step barely move; ``train.scalar_lr_factor`` gives them their own, larger rate."""
 
     from deqir.train.trainer import build_model_from_config
@@ -671,7 +671,7 @@ def test_scalar_lr_factor_without_learned_scalars_or_not_positive_is_refused(tmp
 
 def test_load_scalars_false_keeps_an_unrolled_methods_configured_steps(tmp_path):
     """The unrolled methods' learned steps (``raw_steps``) are scalars too: a trained method's file
-    sets them, unless ``model.load_scalars`` is false; ``scalar_lr_factor`` finds them."""
+    sets them, unless ``model.load_scalars`` is false; without ``model.weights`` the key is refused."""
     from deqir.train.checkpoint import save_weights
     from deqir.train.trainer import build_model_from_config
 
@@ -693,5 +693,9 @@ def test_load_scalars_false_keeps_an_unrolled_methods_configured_steps(tmp_path)
         config_from_dict({**raw, "model": {**raw["model"], "weights": str(path), "load_scalars": False}})
     )
     torch.testing.assert_close(kept.raw_steps, configured, rtol=0, atol=0)
-    for (k, a), b in zip(trained.regularisers.state_dict().items(), kept.regularisers.state_dict().values()):
+    for (k, a), b in zip(
+        trained.regularisers.state_dict().items(), kept.regularisers.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k  # the networks still come from the file
+    with pytest.raises(ConfigError, match="load_scalars is false, but model.weights is not set"):
+        config_from_dict({**raw, "model": {**raw["model"], "load_scalars": False}})

@@ -423,12 +423,11 @@ def run(
     whose runs are in ``runs_dir``); returns the report."""
     from deqir.bench.oder import _sources
     from deqir.bench.oder_restart import _tv
+    from deqir.errors import DataError
 
     figure_path = Path(
         figure_path or ("out/oder_finetunes_quick.png" if quick else "results/oder_finetunes.png")
     )
-    from deqir.errors import DataError
-
     variants, missing = available_variants(runs_dir, only)
     if only is not None and missing:
         raise DataError(

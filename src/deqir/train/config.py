@@ -540,6 +540,11 @@ def _check_consistency(cfg: Config) -> None:
     ]:
         if not 0 < value <= 1:
             raise ConfigError(f"config {path}: must lie in (0, 1]; got {value}")
+    if not cfg.model.load_scalars and cfg.model.weights is None:
+        raise ConfigError(
+            "config model.load_scalars is false, but model.weights is not set: there is no trained "
+            "method to leave the scalars of; remove model.load_scalars or set model.weights"
+        )
     if d.patch_size is not None and d.patch_size > d.image_size:
         raise ConfigError(
             f"config data.patch_size ({d.patch_size}) is larger than data.image_size "
