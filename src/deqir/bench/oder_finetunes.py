@@ -10,15 +10,18 @@ whole 900-step fine-tuning from the pretrained prior, as the shipped pair's, wit
 gradient instead of the phantom one. ``tau0025``, ``tau005``, ``tau03``, ``tau06`` (``make
 oder-tau``) are ODER alone (no RED(DEQ) run): the control with the prior weight τ set to 0.0025,
 0.005, 0.03 or 0.06 instead of the shipped 0.0097; ``scalars``, the control with the step and τ
-learned at 100 times the network's rate (``train.scalar_lr_factor``). Their validation curves are in
-``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
-``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``;
-``deqir curves``); this bench tests their best weights
-(``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests the shipped pair:
-128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with fresh stratified
-minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations, RED(DEQ) with
-all angles; TV's λ tuned on the first 4 validation images. The ``shipped`` variant is the shipped
-pair itself, so its rows repeat ``deqir bench oder``'s.
+learned at 100 times the network's rate (``train.scalar_lr_factor``). ``dilated`` and
+``dilated7`` (``make oder-dilated``) are ODER alone, not continuations: a prior with a wider receptive
+field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 47 × 47 at depth 7; the shipped one
+sees 11 × 11) pretrained as a denoiser, then 600 fine-tuning steps at the learning rate 1e-3.
+Their validation curves are in ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
+``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``,
+the dilated runs' in ``results/oder_ct_dilated_curves.json``; ``deqir curves``); this bench tests
+their best weights (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests
+the shipped pair: 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with
+fresh stratified minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations,
+RED(DEQ) with all angles; TV's λ tuned on the first 4 validation images. The ``shipped`` variant is
+the shipped pair itself, so its rows repeat ``deqir bench oder``'s.
 
 Summary, for each variant whose runs exist (the others are listed in ``config.missing``; an
 ODER-only variant has no RED(DEQ) keys):
@@ -72,6 +75,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "tau005": ("oder_ct_w30_tau005", None),
     "tau03": ("oder_ct_w30_tau03", None),
     "tau06": ("oder_ct_w30_tau06", None),
+    "dilated": ("oder_ct_w30_dilated", None),
+    "dilated7": ("oder_ct_w30_dilated7", None),
 }
 
 
@@ -317,6 +322,8 @@ VARIANT_LABELS = {
     "tau005": "ODER only: + 300 steps at τ = 0.005",
     "tau03": "ODER only: + 300 steps at τ = 0.03",
     "tau06": "ODER only: + 300 steps at τ = 0.06",
+    "dilated": "ODER only: dilated prior, 21 × 21 field, 600 steps at lr 1e-3 from its pretraining",
+    "dilated7": "ODER only: dilated prior, depth 7, 47 × 47 field, 600 steps at lr 1e-3 from its pretraining",
 }
 
 

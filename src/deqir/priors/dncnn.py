@@ -12,7 +12,9 @@ Options the equilibrium methods need:
   at most 1, a common Lipschitz control for DEQ training);
 * ``noise_level_input=True`` appends a constant channel holding the noise level ``sigma``
   (scalar or one value per batch element), for one network that covers a range of noise levels;
-* ``activation="elu"`` or ``"softplus"`` gives a smooth network (ELDER needs double backprop).
+* ``activation="elu"`` or ``"softplus"`` gives a smooth network (ELDER needs double backprop);
+* ``dilations`` (one per convolution) widens the receptive field at the same cost: depth 5 with
+  ``(1, 2, 4, 2, 1)`` sees 21 × 21 pixels instead of 11 × 11 (:attr:`DnCNN.receptive_field`).
 
 Example:
     >>> import torch
@@ -50,12 +52,16 @@ class DnCNN(nn.Module):
         kernel_size: odd kernel size.
         activation: ``relu``, ``elu``, ``softplus`` or ``prelu``.
         padding_mode: ``zeros``, ``reflect``, ``replicate`` or ``circular``.
+        dilations: one positive dilation per convolution (``depth`` of them); ``None``: all 1.
 
     Example:
         >>> import torch
         >>> net = DnCNN(depth=3, width=8, batch_norm=True)
         >>> sum(p.numel() for p in net.parameters()) > 0
         True
+        >>> dilated = DnCNN(depth=5, width=8, dilations=[1, 2, 4, 2, 1])
+        >>> DnCNN(depth=5, width=8).receptive_field, dilated.receptive_field
+        (11, 21)
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class DnCNN(nn.Module):
         kernel_size: int = 3,
         activation: str = "relu",
         padding_mode: str = "zeros",
+        dilations: list[int] | tuple[int, ...] | None = None,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else int(out_channels)
@@ -92,13 +99,30 @@ class DnCNN(nn.Module):
             raise InvalidValueError(unknown_name_message("activation", activation, list(_ACTIVATIONS)))
         if padding_mode not in _PADDING:
             raise InvalidValueError(unknown_name_message("padding_mode", padding_mode, list(_PADDING)))
+        dilations = [1] * int(depth) if dilations is None else list(dilations)
+        if len(dilations) != int(depth) or not all(isinstance(d, int) and d >= 1 for d in dilations):
+            raise InvalidValueError(
+                f"DnCNN dilations must be {int(depth)} positive integers, one per convolution (depth); "
+                f"got {dilations}"
+            )
+        self.dilations = tuple(dilations)
         self.in_channels, self.out_channels = int(in_channels), out_channels
         self.depth, self.width = int(depth), int(width)
         self.residual, self.noise_level_input = bool(residual), bool(noise_level_input)
 
+        self.receptive_field = 1 + (kernel_size - 1) * sum(self.dilations)
+        dilation_of = iter(self.dilations)
+
         def conv(cin: int, cout: int, with_bias: bool) -> nn.Module:
+            d = next(dilation_of)
             layer = nn.Conv2d(
-                cin, cout, kernel_size, padding=kernel_size // 2, bias=with_bias, padding_mode=padding_mode
+                cin,
+                cout,
+                kernel_size,
+                padding=d * (kernel_size // 2),
+                dilation=d,
+                bias=with_bias,
+                padding_mode=padding_mode,
             )
             if spectral_norm:
                 layer = nn.utils.parametrizations.spectral_norm(layer)
