@@ -10,13 +10,15 @@ whole 900-step fine-tuning from the pretrained prior, as the shipped pair's, wit
 gradient instead of the phantom one. ``tau0025``, ``tau005``, ``tau03``, ``tau06`` (``make
 oder-tau``) are ODER alone (no RED(DEQ) run): the control with the prior weight τ set to 0.0025,
 0.005, 0.03 or 0.06 instead of the shipped 0.0097; ``scalars``, the control with the step and τ
-learned at 100 times the network's rate (``train.scalar_lr_factor``). ``dilated`` and
-``dilated7`` (``make oder-dilated``) are ODER alone, not continuations: a prior with a wider receptive
+learned at 100 times the network's rate (``train.scalar_lr_factor``). ``lr1e3_600``,
+``tau03_lr1e3``, ``dilated``, ``dilated7`` (``make oder-from-prior``) are ODER alone, not
+continuations: 600 fine-tuning steps from a pretrained prior at the learning rate 1e-3, from the
+shipped prior at the shipped τ (the control) and at τ = 0.03, and from a prior with a wider receptive
 field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 47 × 47 at depth 7; the shipped one
-sees 11 × 11) pretrained as a denoiser, then 600 fine-tuning steps at the learning rate 1e-3.
-Their validation curves are in ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
+sees 11 × 11) pretrained as a denoiser first. Their validation curves are in
+``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
 ``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``,
-the dilated runs' in ``results/oder_ct_dilated_curves.json``; ``deqir curves``); this bench tests
+the runs from a prior in ``results/oder_ct_from_prior_curves.json``; ``deqir curves``); this bench tests
 their best weights (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests
 the shipped pair: 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with
 fresh stratified minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations,
@@ -75,6 +77,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "tau005": ("oder_ct_w30_tau005", None),
     "tau03": ("oder_ct_w30_tau03", None),
     "tau06": ("oder_ct_w30_tau06", None),
+    "lr1e3_600": ("oder_ct_w30_lr1e3_600", None),
+    "tau03_lr1e3": ("oder_ct_w30_tau03_lr1e3", None),
     "dilated": ("oder_ct_w30_dilated", None),
     "dilated7": ("oder_ct_w30_dilated7", None),
 }
@@ -322,8 +326,10 @@ VARIANT_LABELS = {
     "tau005": "ODER only: + 300 steps at τ = 0.005",
     "tau03": "ODER only: + 300 steps at τ = 0.03",
     "tau06": "ODER only: + 300 steps at τ = 0.06",
-    "dilated": "ODER only: dilated prior, 21 × 21 field, 600 steps at lr 1e-3 from its pretraining",
-    "dilated7": "ODER only: dilated prior, depth 7, 47 × 47 field, 600 steps at lr 1e-3 from its pretraining",
+    "lr1e3_600": "ODER only: 600 steps from the shipped prior at lr 1e-3 (the control of the 3 below)",
+    "tau03_lr1e3": "ODER only: the same at τ = 0.03 (the control: 0.01)",
+    "dilated": "ODER only: the same from a dilated prior (21 × 21 field)",
+    "dilated7": "ODER only: the same from a dilated prior of depth 7 (47 × 47 field)",
 }
 
 
