@@ -155,11 +155,12 @@ oder-tau: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --only scalars,tau0025,tau005,tau03,tau06 --json results/oder_tau.json
 
 # And ODER alone, fine-tuned from a pretrained prior for 600 steps at lr 1e-3 (the rate that reached
-# the shipped run's plateau about 3 times sooner): the shipped prior with the shipped tau 0.01 (the
-# control) and with tau 0.03, and a prior with a wider receptive field, a dilated DnCNN (21 x 21
-# pixels at the shipped depth 5, 47 x 47 at depth 7; the shipped one sees 11 x 11) pretrained as a
-# denoiser first (configs/oder_ct_prior_dilated*.yaml). Each pair trains side by side, one core each
-# (about 35 minutes a pair at depth 5). Validation curves in results/oder_ct_from_prior_curves.json
+# the shipped run's plateau about 3 times sooner): the shipped prior with tau starting at 0.01 (the
+# control) and at 0.03, and a prior with a wider receptive field, a dilated DnCNN (21 x 21
+# pixels at the shipped depth 5, 45 x 45 at depth 7; the shipped one sees 11 x 11) pretrained as a
+# denoiser first, on 64 x 64 patches (the shipped prior: 40 x 40; configs/oder_ct_prior_dilated*.yaml).
+# Each pair trains side by side, one core each (about 35 minutes for a depth-5 run, 1.65 times the
+# cost per step at depth 7). Validation curves in results/oder_ct_from_prior_curves.json
 # and .png, tested against TV as above: results/oder_from_prior.json and .png. Not shipped.
 ODER_FROM_PRIOR = oder_ct_w30_lr1e3_600 oder_ct_w30_tau03_lr1e3 oder_ct_w30_dilated oder_ct_w30_dilated7
 .PHONY: oder-from-prior

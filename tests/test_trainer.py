@@ -699,3 +699,40 @@ def test_load_scalars_false_keeps_an_unrolled_methods_configured_steps(tmp_path)
         assert torch.equal(a, b), k  # the networks still come from the file
     with pytest.raises(ConfigError, match="load_scalars is false, but model.weights is not set"):
         config_from_dict({**raw, "model": {**raw["model"], "load_scalars": False}})
+
+
+def test_model_weights_with_other_dilations_are_refused(tmp_path):
+    """Dilations leave no trace in the tensors: the sidecar's training config is compared instead."""
+    import json
+    import shutil
+
+    from deqir.bench.common import WEIGHTS_DIR
+    from deqir.train.trainer import build_model_from_config
+
+    shipped = WEIGHTS_DIR / "oder_ct_prior.safetensors"  # an undilated depth-5 DnCNN
+    raw = {
+        "physics": {"noise_sigma": 0.1},
+        "model": {"options": {"depth": 5, "width": 24, "spectral_norm": True}},
+    }
+    raw["model"]["weights"] = str(shipped)
+    build_model_from_config(config_from_dict(raw))  # the same network: loads
+    dilated = {
+        **raw,
+        "model": {**raw["model"], "options": {**raw["model"]["options"], "dilations": [1, 2, 4, 2, 1]}},
+    }
+    with pytest.raises(
+        ConfigError, match=r"trained with DnCNN dilations \[1, 1, 1, 1, 1\].*\[1, 2, 4, 2, 1\]"
+    ):
+        build_model_from_config(config_from_dict(dilated))
+
+    # and the other way: a dilated network's file into an undilated network
+    copy = tmp_path / "dilated.safetensors"
+    shutil.copy(shipped, copy)
+    side = json.loads(shipped.with_suffix(".json").read_text())
+    side["config"]["model"]["options"]["dilations"] = [1, 2, 4, 2, 1]
+    copy.with_suffix(".json").write_text(json.dumps(side))
+    build_model_from_config(
+        config_from_dict({**dilated, "model": {**dilated["model"], "weights": str(copy)}})
+    )
+    with pytest.raises(ConfigError, match="set model.options.dilations to"):
+        build_model_from_config(config_from_dict({**raw, "model": {**raw["model"], "weights": str(copy)}}))

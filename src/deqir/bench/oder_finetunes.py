@@ -13,9 +13,10 @@ oder-tau``) are ODER alone (no RED(DEQ) run): the control with the prior weight 
 learned at 100 times the network's rate (``train.scalar_lr_factor``). ``lr1e3_600``,
 ``tau03_lr1e3``, ``dilated``, ``dilated7`` (``make oder-from-prior``) are ODER alone, not
 continuations: 600 fine-tuning steps from a pretrained prior at the learning rate 1e-3, from the
-shipped prior at the shipped τ (the control) and at τ = 0.03, and from a prior with a wider receptive
-field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 47 × 47 at depth 7; the shipped one
-sees 11 × 11) pretrained as a denoiser first. Their validation curves are in
+shipped prior with τ starting at 0.01 as the shipped ODER's (the control) and at 0.03, and from a
+prior with a wider receptive field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 45 × 45
+at depth 7; the shipped one sees 11 × 11) pretrained as a denoiser first, on 64 × 64 patches (the
+shipped prior: 40 × 40). Their validation curves are in
 ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
 ``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``,
 the runs from a prior in ``results/oder_ct_from_prior_curves.json``; ``deqir curves``); this bench tests
@@ -64,7 +65,7 @@ from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs, 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
 #: variant -> (ODER run, RED(DEQ) run or ``None`` for an ODER-only experiment); ``shipped`` is the
-#: shipped pair the others start from.
+#: shipped pair (the continuations start from it).
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "shipped": ("oder_ct_w30", "oder_ct_red_deq"),
     "more": ("oder_ct_w30_more", "oder_ct_red_deq_more"),
@@ -326,10 +327,10 @@ VARIANT_LABELS = {
     "tau005": "ODER only: + 300 steps at τ = 0.005",
     "tau03": "ODER only: + 300 steps at τ = 0.03",
     "tau06": "ODER only: + 300 steps at τ = 0.06",
-    "lr1e3_600": "ODER only: 600 steps from the shipped prior at lr 1e-3 (the control of the 3 below)",
-    "tau03_lr1e3": "ODER only: the same at τ = 0.03 (the control: 0.01)",
-    "dilated": "ODER only: the same from a dilated prior (21 × 21 field)",
-    "dilated7": "ODER only: the same from a dilated prior of depth 7 (47 × 47 field)",
+    "lr1e3_600": "ODER only: 600 steps from the shipped prior, lr 1e-3, τ from 0.01 (the control)",
+    "tau03_lr1e3": "ODER only: as the control, τ from 0.03",
+    "dilated": "ODER only: as the control, from a dilated prior (21 × 21 field; pretrained on 64², not 40²)",
+    "dilated7": "ODER only: as the control, from a dilated prior of depth 7 (45 × 45 field; 64² patches)",
 }
 
 

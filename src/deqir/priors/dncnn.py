@@ -13,7 +13,7 @@ Options the equilibrium methods need:
 * ``noise_level_input=True`` appends a constant channel holding the noise level ``sigma``
   (scalar or one value per batch element), for one network that covers a range of noise levels;
 * ``activation="elu"`` or ``"softplus"`` gives a smooth network (ELDER needs double backprop);
-* ``dilations`` (one per convolution) widens the receptive field at the same cost: depth 5 with
+* ``dilations`` (one per convolution) widens the receptive field at the same cost per pixel: depth 5 with
   ``(1, 2, 4, 2, 1)`` sees 21 × 21 pixels instead of 11 × 11 (:attr:`DnCNN.receptive_field`).
 
 Example:
@@ -99,13 +99,17 @@ class DnCNN(nn.Module):
             raise InvalidValueError(unknown_name_message("activation", activation, list(_ACTIVATIONS)))
         if padding_mode not in _PADDING:
             raise InvalidValueError(unknown_name_message("padding_mode", padding_mode, list(_PADDING)))
-        dilations = [1] * int(depth) if dilations is None else list(dilations)
-        if len(dilations) != int(depth) or not all(isinstance(d, int) and d >= 1 for d in dilations):
+        dilations = [1] * int(depth) if dilations is None else dilations
+        if (
+            not isinstance(dilations, list | tuple)
+            or len(dilations) != int(depth)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations)
+        ):
             raise InvalidValueError(
                 f"DnCNN dilations must be {int(depth)} positive integers, one per convolution (depth); "
                 f"got {dilations}"
             )
-        self.dilations = tuple(dilations)
+        self.dilations = tuple(int(d) for d in dilations)
         self.in_channels, self.out_channels = int(in_channels), out_channels
         self.depth, self.width = int(depth), int(width)
         self.residual, self.noise_level_input = bool(residual), bool(noise_level_input)

@@ -175,6 +175,8 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
 
     network = build_model(config.model.name, config.model.options)
     path = resolve_weights_path(config.model.weights) if initial_weights and config.model.weights else None
+    if path is not None:
+        _check_same_dilations(path, network)
     has_method = config.method.name not in ("none", "", None)
     whole_method = path is not None and has_method and not ckpt.fits_module(path, network)
     if path is not None and not whole_method:
@@ -202,6 +204,30 @@ def build_model_from_config(config: Config, initial_weights: bool = True) -> nn.
         if not config.model.load_scalars:  # the options' step and τ, not the file's
             method.load_state_dict(own, strict=False)
     return method
+
+
+def _check_same_dilations(path: Path, network: nn.Module) -> None:
+    """Refuse weights trained with other convolution dilations than ``network``'s: dilations leave
+    no trace in the tensors, so only the file's sidecar (its training config) can tell.
+
+    Example:
+        >>> from deqir.priors.dncnn import DnCNN
+        >>> from deqir.bench.common import WEIGHTS_DIR
+        >>> _check_same_dilations(WEIGHTS_DIR / "oder_ct_prior.safetensors", DnCNN(depth=5, width=24))
+    """
+    mine = getattr(network, "dilations", None)
+    side = ckpt.read_sidecar(path) or {}
+    model = (side.get("config") or {}).get("model") if isinstance(side.get("config"), dict) else None
+    if mine is None or not isinstance(model, dict) or model.get("name") != "dncnn":
+        return  # not a DnCNN, or a file without its training config: nothing to compare
+    options = model.get("options") or {}
+    theirs = tuple(options.get("dilations") or [1] * int(options.get("depth", len(mine))))
+    if theirs != tuple(mine):
+        raise ConfigError(
+            f"model.weights {path} was trained with DnCNN dilations {list(theirs)}, but model.options "
+            f"build dilations {list(mine)}: the weights fit the shapes but not the network; set "
+            f"model.options.dilations to {list(theirs)} or pick weights trained with {list(mine)}"
+        )
 
 
 def resolve_weights_path(spec: str | Path) -> Path:
