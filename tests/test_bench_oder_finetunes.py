@@ -241,3 +241,44 @@ def test_snr_bars_by_source_draws_one_panel_per_source(tmp_path):
     rows = [{"snr_ellipses": 30.0, "snr_nilearn": 31.0}, {"snr_ellipses": 31.5, "snr_nilearn": 29.0}]
     path = snr_bars_by_source(rows, ["tv", "ODER"], ["C2", "C0"], tmp_path / "bars.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
+    from deqir.bench import oder
+    from deqir.bench.common import split_images
+    from deqir.metrics import compute_metrics
+    from deqir.physics.registry import build_operator
+
+    variants = {"shipped": oder_finetunes.VARIANTS["shipped"], "tau03": ("oder_ct_w30_tau03", None)}
+    plain = oder_finetunes.split_rows("test", 2, variants, load=_stand_in, size=32)
+    rows = oder_finetunes.split_rows("test", 2, variants, load=_stand_in, size=32, noise_free=True)
+    assert list(rows) == list(plain) + ["shipped|oder_w30_noise_free", "tau03|oder_w30_noise_free"]
+    for key, value in plain.items():
+        torch.testing.assert_close(rows[key], value, rtol=0, atol=0)
+    # the noise-free row is ODER's test solve from A x itself
+    op = build_operator("ct", image_size=32, num_angles=90)
+    x = split_images(oder_finetunes.SOURCE, "test", 2, size=32)
+    model = _stand_in("oder_ct_w30_tau03")
+    clean = op.A(x)
+    out, _ = oder._reconstruct_as_tested(
+        model, 30, model.max_iter, oder.TEST_AVERAGE, op, clean, oder._init(op, clean, "fbp")
+    )
+    expected = compute_metrics(out.clamp(0, 1), x)["snr"].flatten().double()
+    torch.testing.assert_close(rows["tau03|oder_w30_noise_free"], expected)
+    assert not torch.equal(rows["tau03|oder_w30_noise_free"], rows["tau03|oder_w30"])
+
+    t = torch.tensor
+    per_image = {
+        "test": {
+            "tau03|oder_w30": t([30.0, 32.0]),
+            "tau03|oder_w30_noise_free": t([33.0, 36.0]),
+            "tv": t([31.0, 34.0]),
+        }
+    }
+    s = oder_finetunes.summarise(per_image, {"ellipses": [0, 1]})
+    assert s["ct_snr_tau03_oder_w30_noise_free"] == pytest.approx(34.5)
+    assert s["ct_oder_noise_free_minus_tv_tau03_db"] == pytest.approx(2.0)
+    assert s["ct_oder_noise_free_minus_tv_tau03_se_db"] == pytest.approx(0.0)
+    report = {"bench": "oder_finetunes", "summary": s, "config": {}}
+    head, _, line = oder_finetunes.markdown_tables(report).splitlines()
+    assert head.endswith("| ODER from noise-free data − TV |") and line.endswith("| 2.00 ± 0.00 |")

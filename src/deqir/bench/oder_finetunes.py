@@ -33,7 +33,11 @@ ODER-only variant has no RED(DEQ) keys):
   test image, averaged;
 - ``ct_snr_gap_{variant}_db`` (with ``_se_db``): RED(DEQ) minus ODER on test;
   ``ct_val_snr_gap_{variant}_db`` on the whole validation split;
-- ``ct_snr_{variant}_oder_w30``, ``ct_snr_{variant}_red_deq``: mean test SNR (dB).
+- ``ct_snr_{variant}_oder_w30``, ``ct_snr_{variant}_red_deq``: mean test SNR (dB);
+- ``ct_snr_{variant}_oder_w30_noise_free`` and ``ct_oder_noise_free_minus_tv_{variant}_db`` (with
+  ``_se_db``): ODER from noise-free measurements of the test images (same start and solver), alone
+  and against TV from the 50 dB ones: how much of ODER's gap to TV is the measurement noise it lets
+  through, and how much the learned fixed point's own bias (not with ``--quick``).
 
 And ``gradient_{phantom_3,phantom_20,implicit_1e-3}_{cosine,norm_ratio}``: how the training
 gradients the variants use compare with the exact implicit gradient (:func:`gradient_agreement`,
@@ -193,12 +197,20 @@ def _loader(runs_dir: str | Path):
 
 
 def split_rows(
-    split: str, count: int | None, variants: dict, load=None, runs_dir: str | Path = "runs", size: int = 128
+    split: str,
+    count: int | None,
+    variants: dict,
+    load=None,
+    runs_dir: str | Path = "runs",
+    size: int = 128,
+    noise_free: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-image SNR of every variant's ODER (key ``{variant}|oder_w30``) and RED(DEQ)
     (``{variant}|red_deq``, none for an ODER-only variant) on ``count`` images of ``split``
     (``None``: all), each with its own solver as trained; the models from ``load(name)``
-    (default: shipped or ``runs_dir/name``)."""
+    (default: shipped or ``runs_dir/name``). ``noise_free``: also each ODER from noise-free
+    measurements of the same images (``{variant}|oder_w30_noise_free``; a fresh model, so its
+    minibatch draws are the noisy row's), after all the other rows, which it leaves unchanged."""
     from deqir.bench import oder
     from deqir.bench.oder_restart import ct_split
     from deqir.metrics import compute_metrics
@@ -214,6 +226,15 @@ def split_rows(
             average = oder.TEST_AVERAGE if w is not None else None
             solve = partial(oder._reconstruct_as_tested, model, w, model.max_iter, average, op, y, x0)
             jobs.append((f"{variant}|{row}", solve))
+    if noise_free:
+        clean = op.A(x)
+        clean_x0 = oder._init(op, clean, "fbp")
+        for variant, (oder_name, _) in variants.items():
+            model = load(oder_name)
+            solve = partial(
+                oder._reconstruct_as_tested, model, W, model.max_iter, oder.TEST_AVERAGE, op, clean, clean_x0
+            )
+            jobs.append((f"{variant}|oder_w30_noise_free", solve))
     outs = run_jobs(jobs, f"ct {split}")
     return {k: compute_metrics(v[0].clamp(0, 1), x)["snr"].flatten().double() for k, v in outs.items()}
 
@@ -240,6 +261,13 @@ def summarise(per_image: dict[str, dict[str, torch.Tensor]], groups: dict[str, l
         if mini is None or (full is None and not oder_only):  # a pair's partner missing: no keys
             continue
         s[f"ct_snr_{v}_oder_w30"] = float(mini.mean())
+        clean = test.get(f"{v}|oder_w30_noise_free")
+        if clean is not None:
+            s[f"ct_snr_{v}_oder_w30_noise_free"] = float(clean.mean())
+            if "tv" in test:
+                s[f"ct_oder_noise_free_minus_tv_{v}_db"], s[f"ct_oder_noise_free_minus_tv_{v}_se_db"] = (
+                    paired_gap(clean, test["tv"])
+                )
         if full is not None:  # else an ODER-only experiment
             s[f"ct_snr_{v}_red_deq"] = float(full.mean())
             s[f"ct_snr_gap_{v}_db"], s[f"ct_snr_gap_{v}_se_db"] = paired_gap(full, mini)
@@ -338,7 +366,7 @@ def markdown_tables(report: dict) -> str:
     """The README's tables of a saved report (``results/oder_finetunes.json``): per variant, the
     mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
     source) and RED(DEQ) minus ODER on test and validation, ODER's best validation PSNR and, when
-    the report has them, ODER's learned step and τ;
+    the report has them, ODER's learned step and τ and ODER from noise-free measurements minus TV;
     then, when the report has them, the training gradients against the exact implicit one.
 
     Example:
@@ -374,6 +402,8 @@ def markdown_tables(report: dict) -> str:
     oder_runs = [runs.get(variant_runs.get(v, {}).get("oder_w30", ""), {}) for v in variants]
     with_tau = any("learned_tau" in r for r in oder_runs)  # reports since the learned τ was recorded
     head += ["ODER step / τ"] * with_tau
+    with_clean = any(f"ct_oder_noise_free_minus_tv_{v}_db" in s for v in variants)
+    head += ["ODER from noise-free data − TV"] * with_clean
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
 
     def pm(key: str) -> str:
@@ -396,6 +426,7 @@ def markdown_tables(report: dict) -> str:
             if "learned_tau" in oder_run
             else ""
         ] * with_tau
+        cells += [pm(f"ct_oder_noise_free_minus_tv_{v}_db")] * with_clean
         lines.append("| " + " | ".join(cells) + " |")
     gradients = [(label, key) for key, label in GRADIENT_LABELS.items() if f"gradient_{key}_cosine" in s]
     if gradients:
@@ -423,7 +454,7 @@ def markdown_tables(report: dict) -> str:
 def _figure(report: BenchReport, path: Path) -> Path:
     rows = [r for r in report.rows if r["split"] == "test"]
     labels = [r["method"] if r["method"] == "tv" else f"{r['variant']}: {r['method']}" for r in rows]
-    colors = {"tv": "C2", "oder_w30": "C0", "red_deq": "C1"}
+    colors = {"tv": "C2", "oder_w30": "C0", "red_deq": "C1", "oder_w30_noise_free": "C7"}
     return snr_bars_by_source(rows, labels, [colors[r["method"]] for r in rows], path)
 
 
@@ -471,7 +502,14 @@ def run(
     groups = {split: _sources(SOURCE, split, count) for split, count in counts.items()}
     with ProcessPoolExecutor(max_workers=2) as pool:
         futures = {
-            split: pool.submit(split_rows, split, count, variants, runs_dir=runs_dir)
+            split: pool.submit(
+                split_rows,
+                split,
+                count,
+                variants,
+                runs_dir=runs_dir,
+                noise_free=split == "test" and not quick,
+            )
             for split, count in counts.items()
         }
         tv = None if quick else pool.submit(_tv, counts["test"])
