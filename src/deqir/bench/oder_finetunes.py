@@ -35,9 +35,9 @@ ODER-only variant has no RED(DEQ) keys):
   ``ct_val_snr_gap_{variant}_db`` on the whole validation split;
 - ``ct_snr_{variant}_oder_w30``, ``ct_snr_{variant}_red_deq``: mean test SNR (dB);
 - ``ct_snr_{variant}_oder_w30_noise_free`` and ``ct_oder_noise_free_minus_tv_{variant}_db`` (with
-  ``_se_db``): ODER from noise-free measurements of the test images (same start and solver), alone
-  and against TV from the 50 dB ones: how much of ODER's gap to TV is the measurement noise it lets
-  through, and how much the learned fixed point's own bias (not with ``--quick``).
+  ``_se_db``): ODER from noise-free measurements of the test images (its FBP start from those,
+  the same solver), alone and against TV from the 50 dB ones: how much ODER loses to the
+  measurement noise, against its gap to TV (not with ``--quick``; TV is not run on noise-free data).
 
 And ``gradient_{phantom_3,phantom_20,implicit_1e-3}_{cosine,norm_ratio}``: how the training
 gradients the variants use compare with the exact implicit gradient (:func:`gradient_agreement`,
