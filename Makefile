@@ -172,6 +172,19 @@ oder-from-prior: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --only lr1e3_600,tau03_lr1e3,dilated,dilated7 \
 	  --json results/oder_from_prior.json
 
+# And the control of oder-from-prior (after it) continued 300 steps with the implicit gradient
+# (configs/oder_ct_w30_lr1e3_600_implicit.yaml; about 21 minutes on two cores), validation curves in
+# results/oder_ct_from_prior_implicit_curves.json and .png, tested against TV as above:
+# results/oder_from_prior_implicit.json and .png. Not shipped.
+.PHONY: oder-from-prior-implicit
+oder-from-prior-implicit: $(STAMP)
+	rm -rf runs/oder_ct_w30_lr1e3_600_implicit
+	OMP_NUM_THREADS=2 $(BIN)/deqir train configs/oder_ct_w30_lr1e3_600_implicit.yaml --device cpu
+	$(BIN)/deqir curves runs/oder_ct_w30_lr1e3_600 runs/oder_ct_w30_lr1e3_600_implicit \
+	  --json results/oder_ct_from_prior_implicit_curves.json
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --only lr1e3_600_implicit \
+	  --json results/oder_from_prior_implicit.json
+
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
 # into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).

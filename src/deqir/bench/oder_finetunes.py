@@ -16,10 +16,12 @@ continuations: 600 fine-tuning steps from a pretrained prior at the learning rat
 shipped prior with τ starting at 0.01 as the shipped ODER's (the control) and at 0.03, and from a
 prior with a wider receptive field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 45 × 45
 at depth 7; the shipped one sees 11 × 11) pretrained as a denoiser first, on 64 × 64 patches (the
-shipped prior: 40 × 40). Their validation curves are in
+shipped prior: 40 × 40). ``lr1e3_600_implicit`` (``make oder-from-prior-implicit``) continues
+``lr1e3_600``'s best weights for 300 steps with the implicit gradient. Their validation curves are in
 ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
 ``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``,
-the runs from a prior in ``results/oder_ct_from_prior_curves.json``; ``deqir curves``); this bench tests
+the runs from a prior in ``results/oder_ct_from_prior_curves.json``, the last one's in
+``results/oder_ct_from_prior_implicit_curves.json``; ``deqir curves``); this bench tests
 their best weights (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests
 the shipped pair: 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with
 fresh stratified minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations,
@@ -86,6 +88,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "tau03_lr1e3": ("oder_ct_w30_tau03_lr1e3", None),
     "dilated": ("oder_ct_w30_dilated", None),
     "dilated7": ("oder_ct_w30_dilated7", None),
+    "lr1e3_600_implicit": ("oder_ct_w30_lr1e3_600_implicit", None),
 }
 
 
@@ -359,6 +362,7 @@ VARIANT_LABELS = {
     "tau03_lr1e3": "ODER only: as the control, τ from 0.03",
     "dilated": "ODER only: as the control, from a dilated prior (21 × 21 field; pretrained on 64², not 40²)",
     "dilated7": "ODER only: as the control, from a dilated prior of depth 7 (45 × 45 field; 64² patches)",
+    "lr1e3_600_implicit": "ODER only: the control + 300 steps, implicit gradient (Anderson to 1e-3)",
 }
 
 
