@@ -192,7 +192,14 @@ def test_cli_tables_prints_the_tables_and_refuses_benches_without_them(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "report", ["oder_finetunes.json", "oder_implicit_full.json", "oder_tau.json", "oder_from_prior.json"]
+    "report",
+    [
+        "oder_finetunes.json",
+        "oder_implicit_full.json",
+        "oder_tau.json",
+        "oder_from_prior.json",
+        "oder_from_prior_implicit.json",
+    ],
 )
 def test_readme_shows_the_oder_finetunes_table_of_the_committed_report(report):
     from deqir.bench import oder_finetunes
