@@ -245,9 +245,8 @@ def test_snr_bars_by_source_draws_one_panel_per_source(tmp_path):
 
 def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
     from deqir.bench import oder
-    from deqir.bench.common import split_images
+    from deqir.bench.oder_restart import ct_split
     from deqir.metrics import compute_metrics
-    from deqir.physics.registry import build_operator
 
     variants = {"shipped": oder_finetunes.VARIANTS["shipped"], "tau03": ("oder_ct_w30_tau03", None)}
     plain = oder_finetunes.split_rows("test", 2, variants, load=_stand_in, size=32)
@@ -256,8 +255,7 @@ def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
     for key, value in plain.items():
         torch.testing.assert_close(rows[key], value, rtol=0, atol=0)
     # the noise-free row is ODER's test solve from A x itself
-    op = build_operator("ct", image_size=32, num_angles=90)
-    x = split_images(oder_finetunes.SOURCE, "test", 2, size=32)
+    op, x, _, _ = ct_split("test", 2, size=32)  # the bench's operator and images
     model = _stand_in("oder_ct_w30_tau03")
     clean = op.A(x)
     out, _ = oder._reconstruct_as_tested(

@@ -216,8 +216,8 @@ def _check_same_dilations(path: Path, network: nn.Module) -> None:
         >>> _check_same_dilations(WEIGHTS_DIR / "oder_ct_prior.safetensors", DnCNN(depth=5, width=24))
     """
     mine = getattr(network, "dilations", None)
-    side = ckpt.read_sidecar(path) or {}
-    model = (side.get("config") or {}).get("model") if isinstance(side.get("config"), dict) else None
+    config = (ckpt.read_sidecar(path) or {}).get("config")
+    model = config.get("model") if isinstance(config, dict) else None
     if mine is None or not isinstance(model, dict) or model.get("name") != "dncnn":
         return  # not a DnCNN, or a file without its training config: nothing to compare
     options = model.get("options") or {}
