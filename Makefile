@@ -185,6 +185,35 @@ oder-from-prior-implicit: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --only lr1e3_600_implicit \
 	  --json results/oder_from_prior_implicit.json
 
+# The like-for-like RED(DEQ) of oder-from-prior and oder-from-prior-implicit: fine-tuned from the same
+# prior for 600 steps at lr 1e-3 (configs/oder_ct_red_deq_lr1e3_600.yaml), then 300 implicit-gradient
+# steps (configs/oder_ct_red_deq_lr1e3_600_implicit.yaml), so RED(DEQ) minus ODER can be read for that
+# recipe (about 23 + 16 minutes on one core). Tested with oder-sigma-prior's runs by its bench. Not shipped.
+.PHONY: oder-from-prior-pair
+oder-from-prior-pair: $(STAMP)
+	$(call train_side_by_side,oder_ct_red_deq_lr1e3_600)
+	$(call train_side_by_side,oder_ct_red_deq_lr1e3_600_implicit)
+
+# ODER and RED(DEQ) from a prior pretrained on noise levels 0.01 to 0.05 instead of 0 to 0.1
+# (configs/oder_ct_prior_sigma.yaml), each fine-tuned as oder-from-prior's control (600 steps at lr
+# 1e-3, configs/oder_ct_{w30,red_deq}_sigma.yaml), then 300 implicit-gradient steps
+# (configs/oder_ct_{w30,red_deq}_sigma_implicit.yaml), the two side by side; after oder-from-prior,
+# oder-from-prior-implicit and oder-from-prior-pair, whose runs its bench compares: validation curves
+# in results/oder_ct_sigma_curves.json and .png, the test split in results/oder_sigma.json and .png.
+# Not shipped.
+.PHONY: oder-sigma-prior
+oder-sigma-prior: $(STAMP)
+	rm -rf runs/oder_ct_prior_sigma
+	OMP_NUM_THREADS=2 $(BIN)/deqir train configs/oder_ct_prior_sigma.yaml --device cpu
+	$(call train_side_by_side,oder_ct_w30_sigma oder_ct_red_deq_sigma)
+	$(call train_side_by_side,oder_ct_w30_sigma_implicit oder_ct_red_deq_sigma_implicit)
+	$(BIN)/deqir curves runs/oder_ct_w30_lr1e3_600 runs/oder_ct_w30_lr1e3_600_implicit \
+	  runs/oder_ct_w30_sigma runs/oder_ct_w30_sigma_implicit runs/oder_ct_red_deq_lr1e3_600 \
+	  runs/oder_ct_red_deq_lr1e3_600_implicit runs/oder_ct_red_deq_sigma runs/oder_ct_red_deq_sigma_implicit \
+	  --json results/oder_ct_sigma_curves.json
+	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes \
+	  --only lr1e3_600_pair,lr1e3_600_implicit_pair,sigma,sigma_implicit --json results/oder_sigma.json
+
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
 # into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).

@@ -1,6 +1,8 @@
 """``deqir bench oder_finetunes``: the fine-tuned CT runs tested as ``deqir bench oder`` tests the
 shipped pair, next to TV; runs read from a run folder; missing runs listed, not guessed."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -280,3 +282,26 @@ def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
     report = {"bench": "oder_finetunes", "summary": s, "config": {}}
     head, _, line = oder_finetunes.markdown_tables(report).splitlines()
     assert head.endswith("| ODER from noise-free data − TV |") and line.endswith("| 2.00 ± 0.00 |")
+
+
+def test_every_variant_run_has_a_committed_config_of_its_kind():
+    """Each run a variant names is trained by ``configs/<run>.yaml``: the ODER one with minibatches of
+    30 angles, the RED(DEQ) one with all of them; and a pair's two runs are trained alike (same
+    training section, same prior architecture), so RED(DEQ) minus ODER compares the solvers only."""
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for variant, (oder_run, red_run) in oder_finetunes.VARIANTS.items():
+        loaded = {}
+        for run, mode in ((oder_run, "oder"), (red_run, "deq")):
+            if run is None:
+                continue
+            cfg = yaml.safe_load((configs / f"{run}.yaml").read_text())
+            assert cfg["experiment"]["name"] == run, variant
+            options = cfg["method"]["options"]
+            assert options["mode"] == mode, (variant, run)
+            assert options.get("minibatch") == (oder_finetunes.W if mode == "oder" else None), (variant, run)
+            loaded[mode] = cfg
+        if red_run is not None:
+            assert loaded["oder"]["train"] | {"patience": None} == loaded["deq"]["train"] | {"patience": None}
+            assert loaded["oder"]["model"]["options"] == loaded["deq"]["model"]["options"], variant

@@ -17,11 +17,17 @@ shipped prior with τ starting at 0.01 as the shipped ODER's (the control) and a
 prior with a wider receptive field (a dilated DnCNN: 21 × 21 pixels at the shipped depth 5, 45 × 45
 at depth 7; the shipped one sees 11 × 11) pretrained as a denoiser first, on 64 × 64 patches (the
 shipped prior: 40 × 40). ``lr1e3_600_implicit`` (``make oder-from-prior-implicit``) continues
-``lr1e3_600``'s best weights for 300 steps with the implicit gradient. Their validation curves are in
+``lr1e3_600``'s best weights for 300 steps with the implicit gradient. ``lr1e3_600_pair`` and
+``lr1e3_600_implicit_pair`` are the same two ODER runs, each with a RED(DEQ) trained the same way
+(``configs/oder_ct_red_deq_lr1e3_600{,_implicit}.yaml``, ``make oder-from-prior-pair``), so RED(DEQ)
+minus ODER can be read for that recipe. ``sigma`` and ``sigma_implicit`` (``make oder-sigma-prior``)
+are the pairs of ``lr1e3_600_pair`` and ``lr1e3_600_implicit_pair`` fine-tuned from a prior
+pretrained on noise levels 0.01 to 0.05 instead of 0 to 0.1. Their validation curves are in
 ``results/oder_ct_finetune_curves.json`` (``implicit_full``'s in
 ``results/oder_ct_implicit_full_curves.json``, the τ runs' in ``results/oder_ct_tau_curves.json``,
-the runs from a prior in ``results/oder_ct_from_prior_curves.json``, the last one's in
-``results/oder_ct_from_prior_implicit_curves.json``; ``deqir curves``); this bench tests
+the runs from a prior in ``results/oder_ct_from_prior_curves.json``, ``lr1e3_600_implicit``'s in
+``results/oder_ct_from_prior_implicit_curves.json``, the four pairs' in
+``results/oder_ct_sigma_curves.json``; ``deqir curves``); this bench tests
 their best weights (``runs/<name>/weights/best.safetensors``) exactly as ``deqir bench oder`` tests
 the shipped pair: 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with
 fresh stratified minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations,
@@ -89,6 +95,10 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "dilated": ("oder_ct_w30_dilated", None),
     "dilated7": ("oder_ct_w30_dilated7", None),
     "lr1e3_600_implicit": ("oder_ct_w30_lr1e3_600_implicit", None),
+    "lr1e3_600_pair": ("oder_ct_w30_lr1e3_600", "oder_ct_red_deq_lr1e3_600"),
+    "lr1e3_600_implicit_pair": ("oder_ct_w30_lr1e3_600_implicit", "oder_ct_red_deq_lr1e3_600_implicit"),
+    "sigma": ("oder_ct_w30_sigma", "oder_ct_red_deq_sigma"),
+    "sigma_implicit": ("oder_ct_w30_sigma_implicit", "oder_ct_red_deq_sigma_implicit"),
 }
 
 
@@ -363,6 +373,10 @@ VARIANT_LABELS = {
     "dilated": "ODER only: as the control, from a dilated prior (21 × 21 field; pretrained on 64², not 40²)",
     "dilated7": "ODER only: as the control, from a dilated prior of depth 7 (45 × 45 field; 64² patches)",
     "lr1e3_600_implicit": "ODER only: the control + 300 steps, implicit gradient (Anderson to 1e-3)",
+    "lr1e3_600_pair": "600 steps from the shipped prior, lr 1e-3 (the control, with its RED(DEQ))",
+    "lr1e3_600_implicit_pair": "the control + 300 steps, implicit gradient (with its RED(DEQ))",
+    "sigma": "as the control, from a prior pretrained on σ from 0.01 to 0.05 (shipped: 0 to 0.1)",
+    "sigma_implicit": "the same + 300 steps, implicit gradient",
 }
 
 
