@@ -305,3 +305,47 @@ def test_every_variant_run_has_a_committed_config_of_its_kind():
         if red_run is not None:
             assert loaded["oder"]["train"] | {"patience": None} == loaded["deq"]["train"] | {"patience": None}
             assert loaded["oder"]["model"]["options"] == loaded["deq"]["model"]["options"], variant
+
+
+def test_prior_noise_response_measures_bias_and_the_noise_removed():
+    x = torch.rand(3, 1, 16, 16) + 0.5
+    identity = oder_finetunes.prior_noise_response(lambda v: v, x, sigmas=(0.01, 0.02))
+    assert identity["clean_residual"] == 0.0
+    assert identity["error_over_noise"] == pytest.approx({"0.01": 1.0, "0.02": 1.0})
+    # a denoiser that halves the deviation from the truth: half the noise is left, no bias
+    halving = oder_finetunes.prior_noise_response(lambda v: x + 0.5 * (v - x), x, sigmas=(0.01,))
+    assert halving["clean_residual"] == 0.0
+    assert halving["error_over_noise"]["0.01"] == pytest.approx(0.5)
+    # a biased one (a 2 % gain) is worse than the noise when the noise is small
+    biased = oder_finetunes.prior_noise_response(lambda v: 1.02 * v, x, sigmas=(0.0025,))
+    assert biased["clean_residual"] == pytest.approx(0.02, rel=1e-5)
+    assert biased["error_over_noise"]["0.0025"] > 1.5
+
+
+def test_markdown_table_shows_the_priors_when_there_are_two():
+    summary = {
+        "ct_snr_shipped_oder_w30": 34.55,
+        "ct_oder_minus_tv_shipped_by_source": {},
+        "priors": {
+            "oder_ct_prior": {"clean_residual": 0.02638, "error_over_noise": {"0.005": 1.652, "0.01": 0.847}},
+            "oder_ct_prior_sigma": {
+                "clean_residual": 0.0165,
+                "error_over_noise": {"0.005": 1.058, "0.01": 0.569},
+            },
+        },
+    }
+    table = oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": summary, "config": {}})
+    priors = table.split("\n\n")[1].splitlines()
+    assert priors[0] == (
+        "| pretrained prior | residual on the clean image / image | error / noise, σ = 0.005 | "
+        "error / noise, σ = 0.01 |"
+    )
+    assert priors[2:] == [
+        "| oder_ct_prior | 0.0264 | 1.652 | 0.847 |",
+        "| oder_ct_prior_sigma | 0.0165 | 1.058 | 0.569 |",
+    ]
+    summary["priors"].pop("oder_ct_prior_sigma")  # the shipped prior alone: no table
+    assert (
+        len(oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": summary}).split("\n\n"))
+        == 1
+    )

@@ -53,6 +53,11 @@ the shipped RED(DEQ) on 2 validation images), and ``gradient_exact_{converged,it
 rel_residual,tol}``: whether that reference's adjoint solve reached its tolerance (not computed
 when every variant picked with ``only`` is ODER-only).
 
+And ``priors``: the shipped pretrained prior and those of the variants that start from another one
+(:data:`VARIANT_PRIORS`), as denoisers of the test images (:func:`prior_noise_response`): the residual
+on the clean images (the RED prior's pull at the truth) and the error left by each of a few small
+noise levels, relative to the noise.
+
 ``config.runs`` records each run's end of training (its ``metrics.json``: steps, best validation
 PSNR), or that it has not finished, and the shipped pair's validation PSNR (its sidecar).
 
@@ -179,6 +184,61 @@ def learned_scalars(path: str | Path) -> dict[str, float]:
         return {}
     step, tau = torch.nn.functional.softplus(raw.double()).tolist()
     return {"learned_step": step, "learned_tau": tau}
+
+
+#: variant -> the pretrained prior its runs were fine-tuned from, when not the shipped one; its
+#: response to small noise is reported next to the shipped prior's (:func:`prior_noise_response`).
+VARIANT_PRIORS: dict[str, str] = {"sigma": "oder_ct_prior_sigma", "sigma_implicit": "oder_ct_prior_sigma"}
+PRIOR_SIGMAS = (0.0025, 0.005, 0.01, 0.02)  # noise added to the test images
+
+
+def prior_noise_response(denoiser, x: torch.Tensor, sigmas=PRIOR_SIGMAS, seed: int = 0) -> dict[str, Any]:
+    """How a pretrained prior ``denoiser`` treats the images ``x`` and small noise on them: its
+    residual on the clean images relative to them (``clean_residual``: mean of ‖x − D(x)‖ / ‖x‖;
+    the RED prior's pull at the truth) and, for each σ of ``sigmas``, its output's error relative
+    to the noise added (``error_over_noise``: mean of ‖D(x + n) − x‖ / ‖n‖; below 1 it removes
+    noise, above 1 its bias outweighs the noise).
+
+    Example:
+        >>> out = prior_noise_response(lambda v: v, torch.rand(2, 1, 8, 8), sigmas=(0.01,))
+        >>> out["clean_residual"], round(out["error_over_noise"]["0.01"], 6)
+        (0.0, 1.0)
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def norms(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1).double().norm(dim=1)
+
+    with torch.no_grad():
+        out: dict[str, Any] = {"clean_residual": float((norms(x - denoiser(x)) / norms(x)).mean())}
+        out["error_over_noise"] = {}
+        for sigma in sigmas:
+            noise = sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            out["error_over_noise"][f"{sigma:g}"] = float(
+                (norms(denoiser(x + noise) - x) / norms(noise)).mean()
+            )
+    return out
+
+
+def prior_rows(variants, runs_dir: str | Path = "runs", count: int | None = None) -> dict[str, dict]:
+    """:func:`prior_noise_response` of the shipped prior and of the priors of :data:`VARIANT_PRIORS`
+    that ``variants`` use (read from ``runs_dir``), on ``count`` test images (``None``: all).
+
+    Example:
+        >>> list(prior_rows({"shipped": None}, count=1))  # doctest: +SKIP
+        ['oder_ct_prior']
+    """
+    from deqir.bench.oder_restart import split_images
+    from deqir.train.report import load_run_model
+
+    torch.set_num_threads(1)
+    x = split_images(SOURCE, "test", count)
+    names = ["oder_ct_prior"] + sorted({VARIANT_PRIORS[v] for v in variants if v in VARIANT_PRIORS})
+    out = {}
+    for name in names:
+        net = load_shipped(name) if name == "oder_ct_prior" else load_run_model(Path(runs_dir) / name)
+        out[name] = prior_noise_response(getattr(net, "network", net).eval(), x)
+    return out
 
 
 def shipped_status() -> dict[str, dict[str, Any]]:
@@ -385,7 +445,8 @@ def markdown_tables(report: dict) -> str:
     mean test SNR of ODER and RED(DEQ), ODER minus TV (with its standard error, and on each
     source) and RED(DEQ) minus ODER on test and validation, ODER's best validation PSNR and, when
     the report has them, ODER's learned step and τ and ODER from noise-free measurements minus TV;
-    then, when the report has them, the training gradients against the exact implicit one.
+    then, when the report has two or more, the pretrained priors as denoisers (``priors``); then,
+    when the report has them, the training gradients against the exact implicit one.
 
     Example:
         >>> import json
@@ -446,6 +507,22 @@ def markdown_tables(report: dict) -> str:
         ] * with_tau
         cells += [pm(f"ct_oder_noise_free_minus_tv_{v}_db")] * with_clean
         lines.append("| " + " | ".join(cells) + " |")
+    priors = s.get("priors", {})
+    if len(priors) > 1:  # the shipped prior and another one
+        sigmas = list(next(iter(priors.values()))["error_over_noise"])
+        lines += [
+            "",
+            "| pretrained prior | residual on the clean image / image | "
+            + " | ".join(f"error / noise, σ = {sigma}" for sigma in sigmas)
+            + " |",
+            "|---|" + "---:|" * (1 + len(sigmas)),
+        ]
+        lines += [
+            f"| {name} | {row['clean_residual']:.4f} | "
+            + " | ".join(f"{row['error_over_noise'][sigma]:.3f}" for sigma in sigmas)
+            + " |"
+            for name, row in priors.items()
+        ]
     gradients = [(label, key) for key, label in GRADIENT_LABELS.items() if f"gradient_{key}_cosine" in s]
     if gradients:
         lines += [
@@ -532,7 +609,9 @@ def run(
         }
         tv = None if quick else pool.submit(_tv, counts["test"])
         gradients = None if quick or oder_only else pool.submit(gradient_agreement)
+        priors = pool.submit(prior_rows, variants, runs_dir, counts["test"])
         per_image = {split: f.result() for split, f in futures.items()}
+        report.summary["priors"] = priors.result()
         if tv is not None:
             per_image["test"]["tv"] = tv.result()
         if gradients is not None:
