@@ -199,6 +199,7 @@ def test_cli_tables_prints_the_tables_and_refuses_benches_without_them(tmp_path)
         "oder_tau.json",
         "oder_from_prior.json",
         "oder_from_prior_implicit.json",
+        "oder_sigma.json",
     ],
 )
 def test_readme_shows_the_oder_finetunes_table_of_the_committed_report(report):
