@@ -214,6 +214,14 @@ oder-sigma-prior: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes \
 	  --only lr1e3_600_pair,lr1e3_600_implicit_pair,sigma,sigma_implicit --json results/oder_sigma.json
 
+# ODER at w = 10 of 90 angles from the same prior, trained as the w = 30 runs of oder-sigma-prior
+# (after it; configs/oder_ct_w10_sigma{,_implicit}.yaml): the first step of shipping that recipe.
+# Not yet tested by a bench; not shipped.
+.PHONY: oder-sigma-w10
+oder-sigma-w10: $(STAMP)
+	$(call train_side_by_side,oder_ct_w10_sigma)
+	$(call train_side_by_side,oder_ct_w10_sigma_implicit)
+
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
 # into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).
