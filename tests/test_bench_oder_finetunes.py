@@ -287,10 +287,12 @@ def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
 def test_every_variant_run_has_a_committed_config_of_its_kind():
     """Each run a variant names is trained by ``configs/<run>.yaml``: the ODER one with minibatches of
     30 angles, the RED(DEQ) one with all of them; and a pair's two runs are trained alike (same
-    training section, same prior architecture), so RED(DEQ) minus ODER compares the solvers only."""
+    training section but for early stopping, same network, the same starting weights or a pair's),
+    so RED(DEQ) minus ODER compares the solvers only."""
     import yaml
 
     configs = Path(__file__).resolve().parents[1] / "configs"
+    pairs = {pair for pair in oder_finetunes.VARIANTS.values() if pair[1] is not None}
     for variant, (oder_run, red_run) in oder_finetunes.VARIANTS.items():
         loaded = {}
         for run, mode in ((oder_run, "oder"), (red_run, "deq")):
@@ -305,6 +307,16 @@ def test_every_variant_run_has_a_committed_config_of_its_kind():
         if red_run is not None:
             assert loaded["oder"]["train"] | {"patience": None} == loaded["deq"]["train"] | {"patience": None}
             assert loaded["oder"]["model"]["options"] == loaded["deq"]["model"]["options"], variant
+            starts = tuple(_run_of(loaded[mode]["model"]["weights"]) for mode in ("oder", "deq"))
+            assert starts[0] == starts[1] or starts in pairs, (variant, starts)
+
+
+def _run_of(weights: str) -> str:
+    """The run (or shipped model) a config's ``model.weights`` names: ``runs/<run>/weights/*`` or
+    ``src/deqir/weights/<name>.safetensors``; a shipped prior and its run are the same prior."""
+    path = Path(weights)
+    name = path.parents[1].name if path.parent.name == "weights" and path.parts[0] == "runs" else path.stem
+    return name
 
 
 def test_prior_noise_response_measures_bias_and_the_noise_removed():
