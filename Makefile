@@ -222,6 +222,14 @@ oder-sigma-w10: $(STAMP)
 	$(call train_side_by_side,oder_ct_w10_sigma)
 	$(call train_side_by_side,oder_ct_w10_sigma_implicit)
 
+# The small-noise-prior pair of oder-sigma-prior with training seed 1 (after it;
+# configs/oder_ct_{w30,red_deq}_sigma_seed1{,_implicit}.yaml), side by side: a step of shipping
+# that recipe. Not yet tested by a bench; not shipped.
+.PHONY: oder-sigma-seed1
+oder-sigma-seed1: $(STAMP)
+	$(call train_side_by_side,oder_ct_w30_sigma_seed1 oder_ct_red_deq_sigma_seed1)
+	$(call train_side_by_side,oder_ct_w30_sigma_seed1_implicit oder_ct_red_deq_sigma_seed1_implicit)
+
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them
 # into src/deqir/weights/, then benchmark (about 70 minutes of training on two CPU cores).
