@@ -200,10 +200,11 @@ oder-from-prior-pair: $(STAMP)
 # (configs/oder_ct_{w30,red_deq}_sigma_implicit.yaml), the two side by side; after oder-from-prior,
 # oder-from-prior-implicit and oder-from-prior-pair, whose runs its bench compares: validation curves
 # in results/oder_ct_sigma_curves.json and .png, the test split in results/oder_sigma.json and .png.
+# A new prior makes the runs of oder-sigma-w10 and oder-sigma-seed1 stale: they are removed with it.
 # Not shipped.
 .PHONY: oder-sigma-prior
 oder-sigma-prior: $(STAMP)
-	rm -rf runs/oder_ct_prior_sigma
+	rm -rf runs/oder_ct_prior_sigma runs/oder_ct_w10_sigma runs/oder_ct_w10_sigma_implicit runs/oder_ct_*_sigma_seed1*
 	OMP_NUM_THREADS=2 $(BIN)/deqir train configs/oder_ct_prior_sigma.yaml --device cpu
 	$(call train_side_by_side,oder_ct_w30_sigma oder_ct_red_deq_sigma)
 	$(call train_side_by_side,oder_ct_w30_sigma_implicit oder_ct_red_deq_sigma_implicit)
@@ -215,7 +216,8 @@ oder-sigma-prior: $(STAMP)
 	  --only lr1e3_600_pair,lr1e3_600_implicit_pair,sigma,sigma_implicit --json results/oder_sigma.json
 
 # ODER at w = 10 of 90 angles from the same prior, trained as the w = 30 runs of oder-sigma-prior
-# (after it; configs/oder_ct_w10_sigma{,_implicit}.yaml): the first step of shipping that recipe.
+# (after it, which removes these runs when it pretrains the prior again;
+# configs/oder_ct_w10_sigma{,_implicit}.yaml): the first step of shipping that recipe.
 # Not yet tested by a bench; not shipped.
 .PHONY: oder-sigma-w10
 oder-sigma-w10: $(STAMP)

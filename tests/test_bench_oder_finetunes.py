@@ -77,6 +77,23 @@ def test_variants_found_in_a_runs_folder_and_a_run_without_weights_is_named(tmp_
         load_run_model(tmp_path / "oder_ct_w30_k20")
 
 
+def test_a_variant_whose_prior_run_is_missing_is_missing_and_names_it_once(tmp_path):
+    def make(name):
+        (tmp_path / name / "weights").mkdir(parents=True)
+        (tmp_path / name / "weights" / "best.safetensors").write_bytes(b"")
+
+    for name in oder_finetunes.VARIANTS["sigma"]:
+        make(name)
+    found, missing = oder_finetunes.available_variants(tmp_path, only=["sigma", "sigma_implicit"])
+    assert list(found) == ["shipped"]  # the priors table needs runs/oder_ct_prior_sigma
+    assert missing.count("oder_ct_prior_sigma") == 1 and "oder_ct_w30_sigma" not in missing
+    make("oder_ct_prior_sigma")
+    found, missing = oder_finetunes.available_variants(tmp_path, only=["sigma", "sigma_implicit"])
+    assert list(found) == ["shipped", "sigma"] and missing == list(oder_finetunes.VARIANTS["sigma_implicit"])
+    _, missing = oder_finetunes.available_variants(tmp_path, only=["lr1e3_600", "lr1e3_600_pair"])
+    assert missing.count("oder_ct_w30_lr1e3_600") == 1  # a run two variants share is named once
+
+
 def test_an_oder_only_variant_has_an_oder_row_and_gap_to_tv_only(tmp_path):
     rows = oder_finetunes.split_rows(
         "test", 1, {"tau03": ("oder_ct_w30_tau03", None)}, load=_stand_in, size=32
@@ -286,37 +303,63 @@ def test_noise_free_rows_come_last_and_leave_the_others_unchanged():
 
 def test_every_variant_run_has_a_committed_config_of_its_kind():
     """Each run a variant names is trained by ``configs/<run>.yaml``: the ODER one with minibatches of
-    30 angles, the RED(DEQ) one with all of them; and a pair's two runs are trained alike (same
-    training section but for early stopping, same network, the same starting weights or a pair's),
-    so RED(DEQ) minus ODER compares the solvers only."""
-    import yaml
-
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    30 angles, the RED(DEQ) one with all of them; and a pair's two runs are trained alike (same data,
+    physics, solver and gradient settings, training section but for early stopping, network, and
+    pretrained prior, starting from the same weights or from a pair's), so RED(DEQ) minus ODER
+    compares the minibatch with all angles only. A variant of :data:`VARIANT_PRIORS` descends from
+    the prior it names."""
     pairs = {pair for pair in oder_finetunes.VARIANTS.values() if pair[1] is not None}
+    minibatch_only = {"minibatch", "sampling", "groups", "test_average", "mode"}
     for variant, (oder_run, red_run) in oder_finetunes.VARIANTS.items():
         loaded = {}
         for run, mode in ((oder_run, "oder"), (red_run, "deq")):
             if run is None:
                 continue
-            cfg = yaml.safe_load((configs / f"{run}.yaml").read_text())
+            cfg = _config(run)
             assert cfg["experiment"]["name"] == run, variant
             options = cfg["method"]["options"]
             assert options["mode"] == mode, (variant, run)
             assert options.get("minibatch") == (oder_finetunes.W if mode == "oder" else None), (variant, run)
             loaded[mode] = cfg
-        if red_run is not None:
-            assert loaded["oder"]["train"] | {"patience": None} == loaded["deq"]["train"] | {"patience": None}
-            assert loaded["oder"]["model"]["options"] == loaded["deq"]["model"]["options"], variant
-            starts = tuple(_run_of(loaded[mode]["model"]["weights"]) for mode in ("oder", "deq"))
-            assert starts[0] == starts[1] or starts in pairs, (variant, starts)
+        if variant in oder_finetunes.VARIANT_PRIORS:
+            assert _prior_of(oder_run) == oder_finetunes.VARIANT_PRIORS[variant], variant
+        if red_run is None:
+            continue
+        oder_cfg, red_cfg = loaded["oder"], loaded["deq"]
+        assert oder_cfg["train"] | {"patience": None} == red_cfg["train"] | {"patience": None}, variant
+        for section in ("data", "physics"):
+            assert oder_cfg[section] == red_cfg[section], (variant, section)
+        assert oder_cfg["model"]["options"] == red_cfg["model"]["options"], variant
+        shared = [
+            {k: v for k, v in cfg["method"]["options"].items() if k not in minibatch_only}
+            for cfg in loaded.values()
+        ]
+        assert shared[0] == shared[1], variant
+        starts = tuple(_run_of(cfg["model"]["weights"]) for cfg in (oder_cfg, red_cfg))
+        assert starts[0] == starts[1] or starts in pairs, (variant, starts)
+        assert _prior_of(oder_run) == _prior_of(red_run), variant
+
+
+def _config(run: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{run}.yaml").read_text())
 
 
 def _run_of(weights: str) -> str:
     """The run (or shipped model) a config's ``model.weights`` names: ``runs/<run>/weights/*`` or
     ``src/deqir/weights/<name>.safetensors``; a shipped prior and its run are the same prior."""
     path = Path(weights)
-    name = path.parents[1].name if path.parent.name == "weights" and path.parts[0] == "runs" else path.stem
-    return name
+    return path.parents[1].name if path.parent.name == "weights" and path.parts[0] == "runs" else path.stem
+
+
+def _prior_of(run: str) -> str:
+    """The pretrained prior a fine-tuning run descends from, following ``model.weights`` back
+    through the runs it continues."""
+    cfg = _config(run)
+    if cfg.get("method") is None:  # a denoiser pretraining: the prior itself
+        return run
+    return _prior_of(_run_of(cfg["model"]["weights"]))
 
 
 def test_prior_noise_response_measures_bias_and_the_noise_removed():

@@ -110,8 +110,9 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
 def available_variants(
     runs_dir: str | Path = "runs", only: list[str] | None = None
 ) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
-    """The variants (of ``only``, default all) whose runs have best weights in ``runs_dir``
-    (``shipped`` always), and the names of the missing runs.
+    """The variants (of ``only``, default all) whose runs, and prior run for a variant of
+    :data:`VARIANT_PRIORS`, have best weights in ``runs_dir`` (``shipped`` always), and the names
+    of the missing runs, each once.
 
     Example:
         >>> found, missing = available_variants("no/such/folder")
@@ -135,8 +136,13 @@ def available_variants(
         absent = [n for n in names if not (Path(runs_dir) / n / "weights" / "best.safetensors").is_file()]
         if variant == "shipped" or not absent:
             found[variant] = pair
+        if variant in VARIANT_PRIORS and not absent:  # its prior is tested too (prior_rows)
+            prior = VARIANT_PRIORS[variant]
+            if not (Path(runs_dir) / prior / "weights" / "best.safetensors").is_file():
+                absent = [prior]
+                found.pop(variant)
         missing += absent if variant != "shipped" else []
-    return found, missing
+    return found, list(dict.fromkeys(missing))
 
 
 def run_status(runs_dir: str | Path, names) -> dict[str, dict[str, Any]]:
@@ -228,7 +234,7 @@ def prior_rows(variants, runs_dir: str | Path = "runs", count: int | None = None
         >>> list(prior_rows({"shipped": None}, count=1))  # doctest: +SKIP
         ['oder_ct_prior']
     """
-    from deqir.bench.oder_restart import split_images
+    from deqir.bench.common import split_images
     from deqir.train.report import load_run_model
 
     torch.set_num_threads(1)
