@@ -132,16 +132,15 @@ def available_variants(
     for variant, pair in VARIANTS.items():
         if only is not None and variant not in only and variant != "shipped":
             continue
-        names = [n for n in pair if n is not None]
-        absent = [n for n in names if not (Path(runs_dir) / n / "weights" / "best.safetensors").is_file()]
-        if variant == "shipped" or not absent:
+        if variant == "shipped":
             found[variant] = pair
-        if variant in VARIANT_PRIORS and not absent:  # its prior is tested too (prior_rows)
-            prior = VARIANT_PRIORS[variant]
-            if not (Path(runs_dir) / prior / "weights" / "best.safetensors").is_file():
-                absent = [prior]
-                found.pop(variant)
-        missing += absent if variant != "shipped" else []
+            continue
+        # its runs, and the prior it starts from when prior_rows tests that one too
+        names = [n for n in (*pair, VARIANT_PRIORS.get(variant)) if n is not None]
+        absent = [n for n in names if not (Path(runs_dir) / n / "weights" / "best.safetensors").is_file()]
+        if not absent:
+            found[variant] = pair
+        missing += absent
     return found, list(dict.fromkeys(missing))
 
 
