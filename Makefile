@@ -67,24 +67,39 @@ weights: $(STAMP)
 clean:
 	rm -rf out .pytest_cache .ruff_cache
 
-# ODER (issue 6): pretrain the RED priors, fine-tune RED(DEQ), ODER (w = 30, 10 of 90 angles;
-# 4, 2 of 8 coils), RED(DEQ) trained with Anderson to a tolerance (*_red_deq_anderson),
-# RED(Unfold), the U-Net post-processing baseline and CT RED(DEQ) and ODER (w = 30) again with
-# training seed 1 (*_seed1), and the first CT and MRI pairs of RED(DEQ) and ODER, trained with
-# Nesterov's adaptive restart (*_restart; the headline pairs are trained without it, with its
-# guard), from configs/oder_*.yaml, export them into src/deqir/weights/, then benchmark (about
-# 8 hours on two CPU cores).
-ODER_RUNS = oder_ct_prior oder_mri_prior oder_ct_red_deq oder_ct_w30 oder_ct_w10 \
-            oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold oder_ct_unet_post \
-            oder_ct_red_deq_anderson oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5 \
-            oder_ct_red_deq_seed1 oder_ct_w30_seed1 oder_ct_red_deq_restart oder_ct_w30_restart \
+# ODER (issue 6): pretrain the RED priors (CT: on noise levels 0.01 to 0.05,
+# configs/oder_ct_prior_sigma.yaml), fine-tune RED(DEQ), ODER (w = 30, 10 of 90 angles; 4, 2 of 8
+# coils), RED(DEQ) trained with Anderson to a tolerance (*_red_deq_anderson*; on CT the first stage
+# below only), RED(Unfold), the
+# U-Net post-processing baseline and CT RED(DEQ) and ODER (w = 30) again with training seed 1
+# (*_seed1*); the CT equilibrium models in two stages, 600 steps at lr 1e-3, then 300 with the
+# implicit gradient (configs/oder_ct_*_sigma{,_implicit}.yaml). Then the first CT recipe's pair
+# (prior on 0 to 0.1, 900 steps at lr 3e-4: configs/oder_ct_{prior,red_deq,w30}.yaml) and the first
+# CT and MRI pairs trained with Nesterov's adaptive restart (*_restart; the headline pairs are
+# trained without it, with its guard), which deqir bench oder_restart compares. Export them into
+# src/deqir/weights/ under their shipped names (deqir.bench.oder.SHIPPED_FROM), then benchmark
+# (about 10 hours on two CPU cores).
+ODER_RUNS = oder_ct_prior_sigma oder_mri_prior oder_ct_red_deq_sigma oder_ct_red_deq_sigma_implicit \
+            oder_ct_w30_sigma oder_ct_w30_sigma_implicit oder_ct_w10_sigma oder_ct_w10_sigma_implicit \
+            oder_mri_red_deq oder_mri_w4 oder_mri_w2 oder_ct_unfold_sigma oder_ct_unet_post \
+            oder_ct_red_deq_anderson_sigma \
+            oder_mri_red_deq_anderson oder_mri_red_deq_anderson_1e5 \
+            oder_ct_red_deq_sigma_seed1 oder_ct_red_deq_sigma_seed1_implicit \
+            oder_ct_w30_sigma_seed1 oder_ct_w30_sigma_seed1_implicit \
+            oder_ct_prior oder_ct_red_deq oder_ct_w30 oder_ct_red_deq_restart oder_ct_w30_restart \
             oder_mri_red_deq_restart oder_mri_w4_restart
+# the shipped CT runs' validation curves (results/oder_ct_shipped_curves.json and .png)
+ODER_CT_SHIPPED = oder_ct_w30_sigma oder_ct_w30_sigma_implicit oder_ct_red_deq_sigma oder_ct_red_deq_sigma_implicit \
+                  oder_ct_w10_sigma oder_ct_w10_sigma_implicit oder_ct_w30_sigma_seed1 oder_ct_w30_sigma_seed1_implicit \
+                  oder_ct_red_deq_sigma_seed1 oder_ct_red_deq_sigma_seed1_implicit oder_ct_red_deq_anderson_sigma \
+                  oder_ct_unfold_sigma
 .PHONY: oder
 oder: $(STAMP)
 	for c in $(ODER_RUNS); do \
 	  rm -rf runs/$$c && OMP_NUM_THREADS=1 $(BIN)/deqir train configs/$$c.yaml --device cpu || exit 1; \
 	done
 	$(BIN)/python -c "from deqir.bench.oder import export_all; print(*export_all(), sep='\n')"
+	$(BIN)/deqir curves $(addprefix runs/,$(ODER_CT_SHIPPED)) --json results/oder_ct_shipped_curves.json
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder --json results/oder.json
 	$(BIN)/deqir bench oder_restart --json results/oder_restart.json
 
@@ -101,7 +116,7 @@ oder-experiments: $(STAMP)
 	$(BIN)/deqir curves runs/oder_ct_w30 runs/oder_ct_red_deq runs/oder_ct_w30_unet \
 	  runs/oder_ct_w30_lr1e3 runs/oder_ct_red_deq_lr1e3 --json results/oder_ct_curves.json
 
-# More experiments on it: the shipped CT pair (after `make oder`) fine-tuned further with its own
+# More experiments on it: the first recipe's CT pair (shipped then; after `make oder`) fine-tuned further with its own
 # settings (the control), without spectral normalisation, with a 20-step undamped phantom
 # gradient, and with the implicit gradient
 # (model.weights = the shipped run: network and learned step and tau). Validation curves in
@@ -129,7 +144,7 @@ define train_side_by_side
 	if [ $$st -ne 0 ]; then tail -n 5 $(addprefix runs/,$(addsuffix .log,$(1))); exit 1; fi
 endef
 
-# And the whole CT fine-tuning (900 steps from the shipped prior, as the shipped pair's) with the
+# And the whole CT fine-tuning (900 steps from the first recipe's prior, as its pair's) with the
 # implicit gradient instead of the 3-step phantom one (configs/oder_ct_{w30,red_deq}_implicit_full.yaml;
 # the two trainings run side by side, one core each: 71 minutes here), validation curves in
 # results/oder_ct_implicit_full_curves.json and .png, tested against TV as above:
@@ -155,7 +170,7 @@ oder-tau: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes --only scalars,tau0025,tau005,tau03,tau06 --json results/oder_tau.json
 
 # And ODER alone, fine-tuned from a pretrained prior for 600 steps at lr 1e-3 (the rate that reached
-# the shipped run's plateau about 3 times sooner): the shipped prior with tau starting at 0.01 (the
+# the first recipe's run's plateau about 3 times sooner): that recipe's prior with tau starting at 0.01 (the
 # control) and at 0.03, and a prior with a wider receptive field, a dilated DnCNN (21 x 21
 # pixels at the shipped depth 5, 45 x 45 at depth 7; the shipped one sees 11 x 11) pretrained as a
 # denoiser first, on 64 x 64 patches (the shipped prior: 40 x 40; configs/oder_ct_prior_dilated*.yaml).
@@ -200,11 +215,11 @@ oder-from-prior-pair: $(STAMP)
 # (configs/oder_ct_{w30,red_deq}_sigma_implicit.yaml), the two side by side; after oder-from-prior,
 # oder-from-prior-implicit and oder-from-prior-pair, whose runs its bench compares: validation curves
 # in results/oder_ct_sigma_curves.json and .png, the test split in results/oder_sigma.json and .png.
-# A new prior makes the runs of oder-sigma-w10 and oder-sigma-seed1 stale: they are removed with it.
-# Not shipped.
+# Its second pair became the shipped CT recipe (make oder trains it with the other CT models from
+# the same prior); a new prior makes all of them stale, so they are removed with it.
 .PHONY: oder-sigma-prior
 oder-sigma-prior: $(STAMP)
-	rm -rf runs/oder_ct_prior_sigma runs/oder_ct_w10_sigma runs/oder_ct_w10_sigma_implicit runs/oder_ct_*_sigma_seed1*
+	rm -rf runs/oder_ct_*sigma*
 	OMP_NUM_THREADS=2 $(BIN)/deqir train configs/oder_ct_prior_sigma.yaml --device cpu
 	$(call train_side_by_side,oder_ct_w30_sigma oder_ct_red_deq_sigma)
 	$(call train_side_by_side,oder_ct_w30_sigma_implicit oder_ct_red_deq_sigma_implicit)
@@ -214,23 +229,6 @@ oder-sigma-prior: $(STAMP)
 	  --json results/oder_ct_sigma_curves.json
 	OMP_NUM_THREADS=1 $(BIN)/deqir bench oder_finetunes \
 	  --only lr1e3_600_pair,lr1e3_600_implicit_pair,sigma,sigma_implicit --json results/oder_sigma.json
-
-# ODER at w = 10 of 90 angles from the same prior, trained as the w = 30 runs of oder-sigma-prior
-# (after it, which removes these runs when it pretrains the prior again;
-# configs/oder_ct_w10_sigma{,_implicit}.yaml): the first step of shipping that recipe.
-# Not yet tested by a bench; not shipped.
-.PHONY: oder-sigma-w10
-oder-sigma-w10: $(STAMP)
-	$(call train_side_by_side,oder_ct_w10_sigma)
-	$(call train_side_by_side,oder_ct_w10_sigma_implicit)
-
-# The small-noise-prior pair of oder-sigma-prior with training seed 1 (after it;
-# configs/oder_ct_{w30,red_deq}_sigma_seed1{,_implicit}.yaml), side by side: a step of shipping
-# that recipe. Not yet tested by a bench; not shipped.
-.PHONY: oder-sigma-seed1
-oder-sigma-seed1: $(STAMP)
-	$(call train_side_by_side,oder_ct_w30_sigma_seed1 oder_ct_red_deq_sigma_seed1)
-	$(call train_side_by_side,oder_ct_w30_sigma_seed1_implicit oder_ct_red_deq_sigma_seed1_implicit)
 
 # ELDER (issue 7): DEQ fine-tuning of the gradient-step potential and of the implicit baseline, from
 # the shipped denoisers, on Gaussian deblurring and radial MRI (configs/elder_*.yaml), export them

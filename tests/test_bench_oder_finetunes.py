@@ -347,10 +347,14 @@ def _config(run: str) -> dict:
 
 
 def _run_of(weights: str) -> str:
-    """The run (or shipped model) a config's ``model.weights`` names: ``runs/<run>/weights/*`` or
-    ``src/deqir/weights/<name>.safetensors``; a shipped prior and its run are the same prior."""
+    """The run a config's ``model.weights`` names: ``runs/<run>/weights/*``, or the run that
+    ``src/deqir/weights/<name>.safetensors`` is exported from (:func:`deqir.bench.oder.training_run`)."""
+    from deqir.bench.oder import training_run
+
     path = Path(weights)
-    return path.parents[1].name if path.parent.name == "weights" and path.parts[0] == "runs" else path.stem
+    if path.parent.name == "weights" and path.parts[0] == "runs":
+        return path.parents[1].name
+    return training_run(path.stem)
 
 
 def _prior_of(run: str) -> str:
@@ -404,3 +408,92 @@ def test_markdown_table_shows_the_priors_when_there_are_two():
         len(oder_finetunes.markdown_tables({"bench": "oder_finetunes", "summary": summary}).split("\n\n"))
         == 1
     )
+
+
+# shipped weights trained in a run folder of another name, before their configs were renamed (the
+# restart pairs were the headline pairs then; the MRI guard pair was trained beside them): their
+# sidecar records the folder, their config's experiment name the new one
+TRAINED_IN_FOLDER = {
+    "oder_ct_red_deq_restart": "oder_ct_red_deq",
+    "oder_ct_w30_restart": "oder_ct_w30",
+    "oder_mri_red_deq_restart": "oder_mri_red_deq",
+    "oder_mri_w4_restart": "oder_mri_w4",
+    "oder_mri_red_deq": "oder_mri_red_deq_guard",
+    "oder_mri_w4": "oder_mri_w4_guard",
+}
+
+
+def test_every_shipped_oder_model_names_the_run_and_config_it_is_exported_from():
+    import json
+
+    from deqir.bench import oder
+    from deqir.bench.common import WEIGHTS_DIR
+
+    for name in (*oder.CT_RUNS, *oder.MRI_RUNS):
+        run = oder.training_run(name)
+        cfg = _config(run)
+        assert cfg["experiment"]["name"] == run, name
+        sidecar = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+        assert sidecar["run"] in (run, TRAINED_IN_FOLDER.get(name)), name  # either, once retrained
+        assert sidecar["file"] == f"{name}.safetensors", name
+        assert sidecar["config"]["experiment"]["name"] == run, name
+        assert sidecar["config"]["model"].get("weights") == cfg["model"].get("weights"), name
+        assert oder.shipped_name(run) == name
+
+
+SHIPPED_CT_LEARNED = (
+    "oder_ct_red_deq",
+    "oder_ct_red_deq_anderson",
+    "oder_ct_w30",
+    "oder_ct_w10",
+    "oder_ct_unfold",
+    "oder_ct_red_deq_seed1",
+    "oder_ct_w30_seed1",
+)
+
+
+def _stages(run: str) -> list[dict]:
+    """The training sections of a fine-tuning run and of the runs it continues, newest first, without
+    early stopping (the ODER runs validate on random minibatches and do not stop early)."""
+    cfg = _config(run)
+    if cfg.get("method") is None:
+        return []
+    return [cfg["train"] | {"patience": None}] + _stages(_run_of(cfg["model"]["weights"]))
+
+
+def _shipped_recipe_problems() -> list[str]:
+    """Why the shipped CT models do not follow one recipe: each descends from the shipped prior; the
+    equilibrium ones (all but RED(Unfold)) are trained in the same stages (RED(DEQ) trained with Anderson
+    in the first of them only); seed-1 runs use seed 1."""
+    from deqir.bench import oder
+
+    prior = oder.training_run("oder_ct_prior")
+    reference = _stages(oder.training_run("oder_ct_red_deq"))
+    problems = []
+    for name in SHIPPED_CT_LEARNED:
+        run = oder.training_run(name)
+        if _prior_of(run) != prior:
+            problems.append(f"{name}: prior {_prior_of(run)}, not {prior}")
+        # RED(DEQ) trained with Anderson is shipped after the first stage (its config says why)
+        expected = reference[1:] if name == "oder_ct_red_deq_anderson" else reference
+        if name != "oder_ct_unfold" and _stages(run) != expected:
+            problems.append(f"{name}: trained in other stages than oder_ct_red_deq")
+        if _config(run)["experiment"]["seed"] != (1 if name.endswith("_seed1") else 0):
+            problems.append(f"{name}: seed")
+    if _prior_of(oder.training_run("oder_ct_w30_first")) != oder.training_run("oder_ct_prior_first"):
+        problems.append("oder_ct_w30_first: not from oder_ct_prior_first")
+    return problems
+
+
+def test_shipped_ct_models_descend_from_one_prior_and_are_trained_alike(monkeypatch):
+    from deqir.bench import oder
+
+    assert _shipped_recipe_problems() == []
+    with pytest.raises(InvalidValueError, match="oder_ct_w10_sigma_implicit"):
+        oder.shipped_name("oder_ct_w10")  # a first-recipe run that is not shipped
+    assert len(_stages(oder.training_run("oder_ct_w30"))) == 2  # 600 steps at lr 1e-3, then implicit
+    # a model of the first recipe among them is caught
+    monkeypatch.setitem(oder.SHIPPED_FROM, "oder_ct_w10", "oder_ct_w10")
+    assert _shipped_recipe_problems() == ["oder_ct_w10: prior oder_ct_prior, not oder_ct_prior_sigma"] + [
+        "oder_ct_w10: trained in other stages than oder_ct_red_deq"
+    ]

@@ -103,6 +103,9 @@ CT_RUNS = (
     "oder_ct_w30_seed1",
     "oder_ct_red_deq_restart",  # the first pair, trained with the adaptive restart: deqir bench oder_restart
     "oder_ct_w30_restart",
+    "oder_ct_red_deq_first",  # the first pair without it, which oder_restart compares them with
+    "oder_ct_w30_first",
+    "oder_ct_prior_first",  # their prior (deqir bench oder_finetunes: the first recipe's experiments)
 )
 MRI_RUNS = (
     "oder_mri_prior",
@@ -139,9 +142,67 @@ EDGE_JUMP = 0.02
 
 
 # ----------------------------------------------------------------------------- weights
+# The training run each shipped weights file is exported from where it is not the run of its own
+# name. The shipped CT models follow one recipe (issue 6): a prior pretrained on noise levels 0.01
+# to 0.05 (configs/oder_ct_prior_sigma.yaml), each equilibrium model fine-tuned from it 600 steps at
+# lr 1e-3 and then 300 steps with the implicit gradient (configs/oder_ct_*_sigma{,_implicit}.yaml;
+# RED(Unfold) keeps its 150 steps; RED(DEQ) trained with Anderson has the first stage only).
+# ``*_first`` are the first recipe's prior and pair (prior pretrained on 0 to 0.1, 900 steps at lr
+# 3e-4: configs/oder_ct_{prior,red_deq,w30}.yaml), which the restart pair of ``deqir bench
+# oder_restart`` is trained like and compared with, and the experiments of ``oder_finetunes`` start from.
+SHIPPED_FROM = {
+    "oder_ct_prior": "oder_ct_prior_sigma",
+    "oder_ct_red_deq": "oder_ct_red_deq_sigma_implicit",
+    "oder_ct_red_deq_anderson": "oder_ct_red_deq_anderson_sigma",  # first stage only: its config says why
+    "oder_ct_w30": "oder_ct_w30_sigma_implicit",
+    "oder_ct_w10": "oder_ct_w10_sigma_implicit",
+    "oder_ct_unfold": "oder_ct_unfold_sigma",
+    "oder_ct_red_deq_seed1": "oder_ct_red_deq_sigma_seed1_implicit",
+    "oder_ct_w30_seed1": "oder_ct_w30_sigma_seed1_implicit",
+    "oder_ct_prior_first": "oder_ct_prior",
+    "oder_ct_red_deq_first": "oder_ct_red_deq",
+    "oder_ct_w30_first": "oder_ct_w30",
+}
+
+
+def training_run(name: str) -> str:
+    """The run (and config) under ``runs/`` that the shipped weights ``name`` are exported from.
+
+    Example:
+        >>> training_run("oder_ct_w30"), training_run("oder_mri_w4")
+        ('oder_ct_w30_sigma_implicit', 'oder_mri_w4')
+    """
+    return SHIPPED_FROM.get(name, name)
+
+
+def shipped_name(run: str) -> str:
+    """The shipped weights exported from the training run ``run`` (the inverse of :func:`training_run`).
+
+    A run of the first CT recipe that is not shipped (``oder_ct_w10``: the shipped ``oder_ct_w10``
+    comes from another run) raises :class:`~deqir.errors.InvalidValueError`.
+
+    Example:
+        >>> [shipped_name(r) for r in ("oder_ct_w30", "oder_ct_w30_sigma_implicit", "oder_mri_w4")]
+        ['oder_ct_w30_first', 'oder_ct_w30', 'oder_mri_w4']
+    """
+    from deqir.errors import InvalidValueError
+
+    name = next((name for name, source in SHIPPED_FROM.items() if source == run), None)
+    if name is not None:
+        return name
+    if run in SHIPPED_FROM:
+        raise InvalidValueError(
+            f"run {run!r} is not shipped: the shipped {run!r} is exported from {SHIPPED_FROM[run]!r}; "
+            f"train configs/{run}.yaml and load runs/{run} instead"
+        )
+    return run
+
+
 def export_all(runs_dir: str | Path = "runs") -> list[Path]:
-    """Export every ODER run found under ``runs_dir`` (what ``make oder`` ends with)."""
-    return [export_run(Path(runs_dir) / r) for r in (*CT_RUNS, *MRI_RUNS) if (Path(runs_dir) / r).is_dir()]
+    """Export every ODER run found under ``runs_dir`` under its shipped name (what ``make oder``
+    ends with; :data:`SHIPPED_FROM`)."""
+    runs = [(Path(runs_dir) / training_run(r), r) for r in (*CT_RUNS, *MRI_RUNS)]
+    return [export_run(run, name=name) for run, name in runs if run.is_dir()]
 
 
 # ----------------------------------------------------------------------------- data

@@ -1,7 +1,9 @@
 """``deqir bench oder_finetunes``: the CT fine-tuning experiments against TV, on the test split.
 
 Issue 6's one unmet target is ODER minus TV on CT (``ct_oder_minus_tv_db`` of ``deqir bench
-oder``). ``make oder-finetunes`` fine-tunes the shipped CT pair (ODER, w = 30 of 90 angles, and
+oder``; ``sigma_implicit`` below became the shipped recipe).
+"Shipped" below means what was shipped when these experiments ran: the first recipe's prior and pair
+(``oder_ct_*_first`` now). ``make oder-finetunes`` fine-tunes that CT pair (ODER, w = 30 of 90 angles, and
 RED(DEQ)) further, each pair alike (``configs/oder_ct_{w30,red_deq}_{variant}.yaml``): ``more``
 with its own settings (the control: a fresh optimiser and schedule alone), ``nosn`` without
 spectral normalisation, ``k20`` with a 20-step undamped phantom gradient, ``implicit`` with the
@@ -32,7 +34,9 @@ their best weights (``runs/<name>/weights/best.safetensors``) exactly as ``deqir
 the shipped pair: 128², 90 angles, 50 dB, FBP start, Nesterov with the trained iterations, ODER with
 fresh stratified minibatches of 30 then :data:`~deqir.bench.oder.TEST_AVERAGE` averaged iterations,
 RED(DEQ) with all angles; TV's λ tuned on the first 4 validation images. The ``shipped`` variant is
-the shipped pair itself, so its rows repeat ``deqir bench oder``'s.
+the pair these experiments started from, the first recipe's (``configs/oder_ct_{w30,red_deq}.yaml``,
+shipped as ``oder_ct_*_first``; the reports saved before the headline pair moved to the recipe of
+``sigma_implicit`` repeat ``deqir bench oder``'s rows of that time).
 
 Summary, for each variant whose runs exist (the others are listed in ``config.missing``; an
 ODER-only variant has no RED(DEQ) keys):
@@ -78,11 +82,13 @@ from typing import Any
 import torch
 
 from deqir.bench.common import BenchReport, load_shipped, paired_gap, run_jobs, snr_bars_by_source
+from deqir.bench.oder import shipped_name
 
 SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
 #: variant -> (ODER run, RED(DEQ) run or ``None`` for an ODER-only experiment); ``shipped`` is the
-#: shipped pair (the continuations start from it).
+#: pair these experiments started from, the first recipe's (shipped as ``oder_ct_*_first`` since the
+#: headline pair moved to the recipe of ``sigma_implicit``: :data:`deqir.bench.oder.SHIPPED_FROM`).
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "shipped": ("oder_ct_w30", "oder_ct_red_deq"),
     "more": ("oder_ct_w30_more", "oder_ct_red_deq_more"),
@@ -177,7 +183,8 @@ def learned_scalars(path: str | Path) -> dict[str, float]:
 
     Example:
         >>> from deqir.bench.common import WEIGHTS_DIR
-        >>> {k: round(v, 4) for k, v in learned_scalars(WEIGHTS_DIR / "oder_ct_w30.safetensors").items()}
+        >>> scalars = learned_scalars(WEIGHTS_DIR / "oder_ct_w30_first.safetensors")
+        >>> {k: round(v, 4) for k, v in scalars.items()}
         {'learned_step': 1.572, 'learned_tau': 0.0097}
     """
     from safetensors import safe_open
@@ -241,7 +248,11 @@ def prior_rows(variants, runs_dir: str | Path = "runs", count: int | None = None
     names = ["oder_ct_prior"] + sorted({VARIANT_PRIORS[v] for v in variants if v in VARIANT_PRIORS})
     out = {}
     for name in names:
-        net = load_shipped(name) if name == "oder_ct_prior" else load_run_model(Path(runs_dir) / name)
+        net = (
+            load_shipped(shipped_name(name))
+            if name == "oder_ct_prior"
+            else load_run_model(Path(runs_dir) / name)
+        )
         out[name] = prior_noise_response(getattr(net, "network", net).eval(), x)
     return out
 
@@ -258,11 +269,12 @@ def shipped_status() -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for name in VARIANTS["shipped"]:
-        metrics = (read_sidecar(WEIGHTS_DIR / f"{name}.safetensors") or {}).get("metrics") or {}
+        path = WEIGHTS_DIR / f"{shipped_name(name)}.safetensors"
+        metrics = (read_sidecar(path) or {}).get("metrics") or {}
         out[name] = (
             {"shipped": True}
             | ({"best_val_psnr": metrics["val_psnr"]} if "val_psnr" in metrics else {})
-            | learned_scalars(WEIGHTS_DIR / f"{name}.safetensors")
+            | learned_scalars(path)
         )
     return out
 
@@ -271,7 +283,9 @@ def _loader(runs_dir: str | Path):
     from deqir.train.report import load_run_model
 
     shipped = set(VARIANTS["shipped"])
-    return lambda name: load_shipped(name) if name in shipped else load_run_model(Path(runs_dir) / name)
+    return lambda name: (
+        load_shipped(shipped_name(name)) if name in shipped else load_run_model(Path(runs_dir) / name)
+    )
 
 
 def split_rows(
@@ -367,8 +381,12 @@ EXACT_GRADIENT = {"adjoint_name": "implicit", "backward_tol": 1e-7, "backward_ma
 GRADIENT_ITERATIONS = 300  # forward Nesterov iterations: near the fixed point the gradients assume
 
 
+def _load_first(name: str):
+    return load_shipped(shipped_name(name))
+
+
 def gradient_agreement(
-    name: str = "oder_ct_red_deq", count: int = 2, load=load_shipped, size: int = 128
+    name: str = "oder_ct_red_deq", count: int = 2, load=_load_first, size: int = 128
 ) -> dict[str, dict[str, float]]:
     """How each training gradient of :data:`GRADIENTS` compares with the exact implicit gradient
     (:data:`EXACT_GRADIENT`): cosine and norm ratio of the network-parameter gradients of the

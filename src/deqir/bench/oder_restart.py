@@ -11,8 +11,9 @@ iterations), with the restart on and off, on the whole validation and test split
   ODER's solver. How far ODER's iterates are from the full-batch ones, with the network fixed.
 - ``ct_snr_gap_no_restart_db`` (with its standard error, split by source, and on validation):
   RED(DEQ) minus ODER (w = 30) when both are trained and tested without the restart (the
-  headline pair of ``deqir bench oder``, ``configs/oder_ct_{red_deq,w30}.yaml``; the first pair,
-  trained with it, is ``configs/oder_ct_{red_deq,w30}_restart.yaml``);
+  first recipe's pair, ``configs/oder_ct_{red_deq,w30}.yaml``, shipped as ``oder_ct_*_first``: the
+  headline pair of ``deqir bench oder`` until it moved to a prior pretrained on smaller noise; the
+  pair trained with the restart, like them otherwise, is ``configs/oder_ct_{red_deq,w30}_restart.yaml``);
   ``ct_oder_no_restart_minus_tv_db``: that ODER against TV, tuned as in ``deqir bench oder``.
 
 Multi-coil MRI (8 coils, 4x Cartesian, 40 dB, as ``deqir bench oder``), whole test and
@@ -52,7 +53,10 @@ SOURCE = "ct_phantoms+brain"
 W = 30  # ODER's minibatch: 30 of 90 angles
 # network rows -> (shipped weights, the restart settings it is tested with)
 TRAINED_WITH_RESTART = {"red_deq": "oder_ct_red_deq_restart", "oder_w30": "oder_ct_w30_restart"}
-TRAINED_WITHOUT_RESTART = {"red_deq_no_restart": "oder_ct_red_deq", "oder_w30_no_restart": "oder_ct_w30"}
+TRAINED_WITHOUT_RESTART = {
+    "red_deq_no_restart": "oder_ct_red_deq_first",
+    "oder_w30_no_restart": "oder_ct_w30_first",
+}
 TV_VAL_IMAGES = 4  # as deqir bench oder: TV's λ tuned on the first 4 validation images
 # MRI rows -> (shipped weights, w: None for the full batch)
 MRI_NETWORKS = {
