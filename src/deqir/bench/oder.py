@@ -54,11 +54,11 @@ step's starting point (both in a worker process with an exact allocator,
 operator counted exactly in blocks, and the share of step time spent inside the operator.
 
 The learned models are the shipped weights ``deqir/weights/oder_*.safetensors`` (written by
-:func:`export_all` from the runs of ``configs/oder_*.yaml``); nothing is trained here, so
-``--quick`` (one image per test set, the headline w only, no crossed rows, a short TV grid,
-RED(Denoising) at its configured τ, MRI's quality rows scored in a second process while CT's
-run, one cost repeat with :data:`QUICK_COST_ITERATIONS` iterations, timed while the memory worker
-measures) re-evaluates them in about a minute, with the host's speed
+:func:`export_all` from the runs of ``configs/oder_*.yaml`` that :data:`SHIPPED_FROM` names);
+nothing is trained here, so ``--quick`` (one image per test set, the headline w only, no crossed
+rows, a short TV grid, RED(Denoising) at its configured τ, MRI's quality rows scored in a second
+process while CT's run, one cost repeat with :data:`QUICK_COST_ITERATIONS` iterations, timed while
+the memory worker measures) re-evaluates them in about a minute, with the host's speed
 (``results/oder_quick.json``).
 
 Example:
@@ -1045,6 +1045,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
     # last); like max_iter, read from the headline width's config and used for every width
     ct_train_average = int(_trained_option("oder_ct_w30", "train_average", 0))
     mri_train_average = int(_trained_option("oder_mri_w4", "train_average", 0))
+    # the gradient of the headline models' last training stage (the CT ones' first stage: phantom)
+    ct_adjoint = _trained_option("oder_ct_w30", "adjoint", "phantom")
+    mri_adjoint = _trained_option("oder_mri_w4", "adjoint", "phantom")
     n_test = 1 if quick else None  # None: the whole held-out split (CT 29 images, MRI 9)
     n_val = 1 if quick else 4
     repeat = 1 if quick else 3
@@ -1057,7 +1060,9 @@ def _run(quick: bool, figure_path: Path, meter: IsolatedMemory) -> BenchReport:
             "mri": "128², 8 coils (birdcage), 4x random Cartesian, 40 dB, coils as blocks",
             "network": "DnCNN 5x24 with spectral normalisation (the RED residual prior), shared",
             "training": f"Nesterov iterations (CT {ct_iterations}, MRI {mri_iterations}, as the shipped "
-            "configs' max_iter) + 3-step phantom gradient, batch 2; ODER's loss scores a tail "
+            f"configs' max_iter), batch 2, gradient of the last training stage: CT {ct_adjoint}, "
+            f"MRI {mri_adjoint} (phantom: 3 steps; the CT models' first stage: phantom; the costed "
+            "step: phantom); ODER's loss scores a tail "
             f"average of the last train_average of them (CT {ct_train_average}, MRI {mri_train_average}; "
             "0: the last iterate)",
             "cost_iterations": QUICK_COST_ITERATIONS

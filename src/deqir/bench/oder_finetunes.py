@@ -248,11 +248,7 @@ def prior_rows(variants, runs_dir: str | Path = "runs", count: int | None = None
     names = ["oder_ct_prior"] + sorted({VARIANT_PRIORS[v] for v in variants if v in VARIANT_PRIORS})
     out = {}
     for name in names:
-        net = (
-            load_shipped(shipped_name(name))
-            if name == "oder_ct_prior"
-            else load_run_model(Path(runs_dir) / name)
-        )
+        net = _load_first(name) if name == "oder_ct_prior" else load_run_model(Path(runs_dir) / name)
         out[name] = prior_noise_response(getattr(net, "network", net).eval(), x)
     return out
 
@@ -279,13 +275,16 @@ def shipped_status() -> dict[str, dict[str, Any]]:
     return out
 
 
+def _load_first(name: str):
+    """The shipped weights of a first-recipe run (``oder_ct_w30`` -> ``oder_ct_w30_first``)."""
+    return load_shipped(shipped_name(name))
+
+
 def _loader(runs_dir: str | Path):
     from deqir.train.report import load_run_model
 
     shipped = set(VARIANTS["shipped"])
-    return lambda name: (
-        load_shipped(shipped_name(name)) if name in shipped else load_run_model(Path(runs_dir) / name)
-    )
+    return lambda name: _load_first(name) if name in shipped else load_run_model(Path(runs_dir) / name)
 
 
 def split_rows(
@@ -379,10 +378,6 @@ GRADIENTS = {
 }
 EXACT_GRADIENT = {"adjoint_name": "implicit", "backward_tol": 1e-7, "backward_max_iter": 3000}
 GRADIENT_ITERATIONS = 300  # forward Nesterov iterations: near the fixed point the gradients assume
-
-
-def _load_first(name: str):
-    return load_shipped(shipped_name(name))
 
 
 def gradient_agreement(
